@@ -1,0 +1,1 @@
+"""gradtrain: a config-driven PyTorch training loop that shows gradient-based minimization."""

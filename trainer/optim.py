@@ -1,0 +1,48 @@
+"""Optimizers: the lecture's hand-written update, and torch.optim behind the same interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from trainer.registry import Registry
+
+OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("manual_sgd")
+class ManualSGD(torch.optim.Optimizer):
+    """Gradient descent exactly as the lecture writes it.
+
+    The update runs under `torch.no_grad()`: it must not become part of the graph, so each
+    parameter stays a leaf with no `grad_fn` and no history. Gradients are then zeroed in place,
+    because `backward()` accumulates into `.grad` rather than overwriting it.
+
+    Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work),
+    `state_dict` and `zero_grad`; the arithmetic is all here.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.1) -> None:
+        super().__init__(params, {"lr": lr})
+
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p -= group["lr"] * p.grad
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # The lecture's `x.grad.zero_()`: keep the tensor, clear its values.
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.zero_()
+
+
+OPTIMIZERS.register("sgd")(torch.optim.SGD)
+OPTIMIZERS.register("adam")(torch.optim.Adam)

@@ -1,0 +1,80 @@
+"""Where metrics go. The trainer talks to a `MetricSink`; TensorBoard is one implementation.
+
+TensorBoard is imported only when a TensorBoard sink is made, keeping `logger=none` start-up lean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+HParamValue = int | float | str | bool
+
+
+class MetricSink(Protocol):
+    """Receives scalars during training and the run's description at its start and end."""
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None: ...
+
+    def log_text(self, tag: str, text: str) -> None: ...
+
+    def log_hparams(
+        self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """`logger=none`: metrics are dropped (the summary still reports the outcome)."""
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_text(self, tag: str, text: str) -> None:
+        pass
+
+    def log_hparams(
+        self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
+    ) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink:
+    """Writes one event file per run under `log_dir`."""
+
+    def __init__(self, log_dir: Path, flush_secs: int = 30) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.log_dir = log_dir
+        self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+
+    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+
+    def log_text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text)
+
+    def log_hparams(
+        self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
+    ) -> None:
+        # SummaryWriter.add_hparams would write into a new sub-run; writing the three hparams
+        # summaries into this run's own file keeps config, metrics and curves in one run.
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        experiment, session_start, session_end = hparams_summaries(dict(hparams), dict(metrics))
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary, global_step=step)
+        self.log_scalars(metrics, step)
+
+    def close(self) -> None:
+        self.writer.close()
