@@ -232,7 +232,7 @@ def _error_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
         section = raw.get(str(parts[0]))
         if isinstance(section, Mapping) and section.get("name") == parts[1]:
             del parts[1]
-    return ".".join(str(p) for p in parts) or "config"
+    return ".".join(str(p) for p in parts)
 
 
 def _describe(error: Any, raw: Mapping[str, Any]) -> str:
@@ -247,7 +247,7 @@ def _describe(error: Any, raw: Mapping[str, Any]) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     got = "" if kind in ("missing", "value_error") else f" (got {error['input']!r})"
-    return f"{key}: {message}{got}"
+    return f"{key}: {message}{got}" if key else message
 
 
 def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:

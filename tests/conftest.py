@@ -1,0 +1,87 @@
+"""Shared fixtures: real Hydra composition of the real configs, real `train.py` subprocesses, and
+real TensorBoard event files read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+
+def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
+    """The config `python train.py <overrides>` would get, as plain Python."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides or [])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return container
+
+
+@pytest.fixture
+def composed() -> Callable[..., dict[str, Any]]:
+    """Compose the real configs with Hydra's compose API: `composed("loss=rosenbrock")`."""
+
+    def make(*overrides: str) -> dict[str, Any]:
+        return compose_config(list(overrides))
+
+    return make
+
+
+class TrainResult:
+    def __init__(self, completed: subprocess.CompletedProcess[str], run_dir: Path) -> None:
+        self.returncode = completed.returncode
+        self.stdout = completed.stdout
+        self.stderr = completed.stderr
+        self.run_dir = run_dir
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def train(tmp_path: Path) -> Callable[..., TrainResult]:
+    """Run `python train.py <args>` in a subprocess with its run directory under tmp_path."""
+    counter = iter(range(1000))
+
+    def run(*args: str, run_dir: Path | None = None, timeout: float = 120) -> TrainResult:
+        run_dir = run_dir or tmp_path / f"run{next(counter)}"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        completed = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return TrainResult(completed, run_dir)
+
+    return run
+
+
+def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the event files under log_dir, as (step, value) lists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }

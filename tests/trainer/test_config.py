@@ -1,0 +1,129 @@
+"""The schema in trainer/config.py against the real YAML in configs/."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.config import Config, validate_config
+from trainer.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = ["loss", "model", "dataset", "optimizer", "trainer", "logger", "experiment"]
+# Options that need a partner from another group to form a valid run.
+PARTNERS = {
+    ("loss", "mse"): ["dataset=regression", "model=linear"],
+    ("model", "linear"): ["dataset=regression", "loss=mse"],
+    ("dataset", "regression"): ["model=linear", "loss=mse"],
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in options(group)]
+)
+def test_every_option_of_every_group_composes_and_validates(
+    composed: Callable[..., dict[str, Any]], group: str, option: str
+) -> None:
+    raw = composed(f"{group}={option}", *PARTNERS.get((group, option), []))
+    cfg = validate_config(raw)
+    assert isinstance(cfg, Config)
+    if group in ("loss", "model", "dataset", "optimizer", "logger"):
+        assert getattr(cfg, group).name == option
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), f"configs/{group} is empty"
+
+
+def test_default_config_is_the_lecture_quadratic(composed: Callable[..., dict[str, Any]]) -> None:
+    cfg = validate_config(composed())
+    assert (cfg.loss.name, cfg.model.name, cfg.dataset.name) == ("quadratic", "vector", "none")
+    assert cfg.loss.reduction == "sum" and cfg.optimizer.name == "manual_sgd"
+
+
+def test_tuning_gives_rosenbrock_a_stable_step_size(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    plain = validate_config(composed("loss=rosenbrock"))
+    assert plain.optimizer.name == "manual_sgd" and plain.optimizer.lr < 2 / 1002
+    with_adam = validate_config(composed("loss=rosenbrock", "optimizer=adam"))
+    assert with_adam.optimizer.lr == 0.05
+    mine = validate_config(composed("loss=rosenbrock", "optimizer.lr=0.001"))
+    assert mine.optimizer.lr == 0.001  # the command line wins over tuning
+
+
+def test_experiment_then_group_override_switches_the_optimizer(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    cfg = validate_config(
+        composed("experiment=linear_regression", "optimizer=adam", "optimizer.lr=0.01")
+    )
+    assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == 0.01
+    assert cfg.dataset.name == "regression" and cfg.model.name == "linear"
+
+
+def problems_for(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(raw)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optimizer.lr=0"], "optimizer.lr: Input should be greater than 0"),
+        (["optimizer.lr=-1"], "optimizer.lr: Input should be greater than 0"),
+        (["optimizer.lr=fast"], "optimizer.lr: Input should be a valid number"),
+        (["trainer.max_steps=0"], "trainer.max_steps: Input should be greater than 0"),
+        (["trainer.device=tpu"], "trainer.device: Input should be 'auto', 'cpu', 'cuda' or 'mps'"),
+        (["loss.reduction=max"], "loss.reduction: Input should be 'sum', 'mean' or 'none'"),
+        (
+            ["experiment=linear_regression", "dataset.batch_size=0"],
+            "dataset.batch_size: Input should be greater than 0",
+        ),
+        (["+optimizer.momentum=0.9"], "optimizer.momentum: unknown key; allowed keys: name, lr"),
+        (["+sed=1"], "sed: unknown key; allowed keys: seed, loss"),
+        (["trainer.max_steps=null"], "set trainer.max_steps or trainer.max_epochs"),
+        (["loss=mse"], "loss=mse compares predictions with targets, but dataset=none"),
+        (["dataset=regression"], "loss=quadratic is a function of the model's parameters"),
+        (["model.init=[1.0,2.0]", "model.size=3"], "model.init has 2 values but model.size is 3"),
+        (["optimizer=sgd", "optimizer.nesterov=true"], "nesterov=true needs optimizer.momentum"),
+    ],
+)
+def test_bad_values_are_reported_by_key(
+    composed: Callable[..., dict[str, Any]], overrides: list[str], expected: str
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_every_problem_is_reported_at_once(composed: Callable[..., dict[str, Any]]) -> None:
+    problems = problems_for(
+        composed("optimizer.lr=-1", "trainer.max_steps=0", "trainer.log_every_n_steps=0")
+    )
+    keys = sorted(problem.split(":")[0] for problem in problems)
+    assert keys == ["optimizer.lr", "trainer.log_every_n_steps", "trainer.max_steps"]
+
+
+def test_unknown_component_name_lists_the_allowed_ones(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    raw = composed()
+    raw["optimizer"] = {"name": "os.system", "lr": 0.1}
+    (problem,) = problems_for(raw)
+    assert problem.startswith("optimizer.name:")
+    assert "'manual_sgd', 'sgd', 'adam'" in problem
+
+
+def test_validated_config_is_frozen(composed: Callable[..., dict[str, Any]]) -> None:
+    cfg = validate_config(composed())
+    with pytest.raises(Exception, match="frozen"):
+        cfg.optimizer.lr = 1.0  # type: ignore[misc]
