@@ -20,6 +20,7 @@ from trainer.config import (
     VectorModelConfig,
 )
 from trainer.errors import GradtrainError
+from trainer.loop import Trainer
 from trainer.losses import LOSSES
 from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
@@ -30,6 +31,16 @@ from trainer.sinks import MetricSink, NullSink, TensorBoardSink
 class Data:
     train_loader: DataLoader[Any] | None
     n_features: int | None
+
+
+def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
+    """Everything a run needs, built from a validated config (the seed is set by the caller)."""
+    device = resolve_device(cfg.trainer.device)
+    loss_fn = build_loss(cfg.loss).to(device)
+    data = build_data(cfg.dataset, seed=cfg.seed)
+    model = build_model(cfg, loss_fn, data).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    return Trainer(model, loss_fn, optimizer, data.train_loader, cfg.trainer, device, sink)
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:

@@ -15,18 +15,11 @@ from typing import Any
 
 import torch
 
-from trainer.build import (
-    build_data,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_sink,
-    resolve_device,
-)
+from trainer.build import build_sink, build_trainer
 from trainer.config import Config, validate_config
 from trainer.errors import GradtrainError
 from trainer.files import write_json_atomic
-from trainer.loop import FitResult, Trainer
+from trainer.loop import FitResult
 from trainer.sinks import HParamValue
 
 log = logging.getLogger("gradtrain")
@@ -44,32 +37,25 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     cfg = validate_config(raw_config)
     _refuse_to_overwrite(run_dir)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
-
-    loss_fn = build_loss(cfg.loss).to(device)
-    data = build_data(cfg.dataset, seed=cfg.seed)
-    model = build_model(cfg, loss_fn, data).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model)
-
     sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR)
-    sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
-    trainer = Trainer(model, loss_fn, optimizer, data.train_loader, cfg.trainer, device, sink)
     try:
-        result = trainer.fit()
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        failed = {"status": "failed", "error": error, "steps": trainer.state.step}
-        write_json_atomic(run_dir / SUMMARY_FILE, failed)
+        trainer = build_trainer(cfg, sink)
+        sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
+        try:
+            result = trainer.fit()
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            failed = {"status": "failed", "error": error, "steps": trainer.state.step}
+            write_json_atomic(run_dir / SUMMARY_FILE, failed)
+            raise
+        summary = _summary(cfg, result, trainer.model, run_dir)
+        sink.log_hparams(
+            flatten_hparams(raw_config),
+            {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
+            step=result.steps,
+        )
+    finally:
         sink.close()
-        raise
-
-    summary = _summary(cfg, result, model, run_dir)
-    sink.log_hparams(
-        flatten_hparams(raw_config),
-        {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
-        step=result.steps,
-    )
-    sink.close()
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     log.info(format_summary(summary))
     return summary

@@ -1,0 +1,52 @@
+"""The synthetic regression set and its DataLoader."""
+
+from __future__ import annotations
+
+import torch
+
+from datasets import RegressionDataset, build_dataloader
+
+
+def test_same_seed_same_data_other_seed_other_data() -> None:
+    a, b = RegressionDataset(64, 3, seed=1), RegressionDataset(64, 3, seed=1)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert not torch.equal(a.inputs, RegressionDataset(64, 3, seed=2).inputs)
+
+
+def test_targets_follow_the_true_weights_up_to_the_noise() -> None:
+    dataset = RegressionDataset(4096, 5, noise=0.1, seed=0)
+    residual = dataset.targets - (dataset.inputs @ dataset.true_weight + dataset.true_bias)
+    assert abs(residual.std().item() - 0.1) < 0.01
+    noiseless = RegressionDataset(16, 5, noise=0.0, seed=0)
+    exact = noiseless.inputs @ noiseless.true_weight + noiseless.true_bias
+    assert torch.allclose(noiseless.targets, exact)
+
+
+def test_batched_fetch_equals_sample_by_sample() -> None:
+    dataset = RegressionDataset(32, 4, seed=0)
+    indices = [5, 0, 31, 7]
+    inputs, targets = dataset.__getitems__(indices)
+    assert inputs.shape == (4, 4) and targets.shape == (4,)
+    for row, index in enumerate(indices):
+        x, y = dataset[index]
+        assert torch.equal(inputs[row], x) and torch.equal(targets[row], y)
+
+
+def test_loader_serves_whole_batches_in_a_seeded_order() -> None:
+    dataset = RegressionDataset(100, 4, seed=0)
+
+    def first_targets(seed: int) -> list[torch.Tensor]:
+        loader = build_dataloader(dataset, batch_size=32, shuffle=True, num_workers=0, seed=seed)
+        return [targets for _, targets in loader]
+
+    batches = first_targets(seed=0)
+    assert [len(t) for t in batches] == [32, 32, 32, 4]
+    assert all(torch.equal(a, b) for a, b in zip(batches, first_targets(seed=0), strict=True))
+    assert not torch.equal(batches[0], first_targets(seed=1)[0])
+    assert torch.equal(torch.sort(torch.cat(batches)).values, torch.sort(dataset.targets).values)
+
+
+def test_loader_without_shuffle_keeps_dataset_order() -> None:
+    dataset = RegressionDataset(10, 2, seed=0)
+    loader = build_dataloader(dataset, batch_size=4, shuffle=False, num_workers=0, seed=0)
+    assert torch.equal(torch.cat([t for _, t in loader]), dataset.targets)

@@ -1,0 +1,71 @@
+"""What a run writes to TensorBoard, read back from the real event files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import read_scalars
+
+from trainer.run import flatten_hparams, run
+
+
+def read_run(log_dir: Path) -> Any:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+@pytest.fixture
+def quadratic_run(composed: Callable[..., dict[str, Any]], tmp_path: Path) -> Path:
+    run(composed("trainer.max_steps=30", "trainer.log_every_n_steps=10"), tmp_path)
+    return tmp_path / "tensorboard"
+
+
+def test_scalars_hold_loss_grad_norms_and_lr_at_the_logged_steps(quadratic_run: Path) -> None:
+    scalars = read_scalars(quadratic_run)
+    for tag in ("train/loss", "train/grad_norm", "train/grad_norm/x", "optim/lr"):
+        assert [step for step, _ in scalars[tag]] == [10, 20, 30], tag
+    losses = [value for _, value in scalars["train/loss"]]
+    assert losses == sorted(losses, reverse=True)  # gradient descent on a convex bowl
+    assert scalars["optim/lr"][0][1] == pytest.approx(0.1)
+    # One parameter: its gradient norm is the global norm.
+    assert scalars["train/grad_norm/x"] == scalars["train/grad_norm"]
+
+
+def test_event_file_is_the_runs_own_and_holds_config_and_hparams(quadratic_run: Path) -> None:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    assert len(list(quadratic_run.iterdir())) == 1  # no hparams sub-run folder
+    accumulator = read_run(quadratic_run)
+    config_text = accumulator.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
+    assert b"name: manual_sgd" in config_text and b"max_steps: 30" in config_text
+
+    content = accumulator.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["optimizer.lr"].number_value == pytest.approx(0.1)
+    assert hparams["optimizer.name"].string_value == "manual_sgd"
+    assert hparams["model.init"].string_value == "null"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
+    assert metric_tags == {"summary/final_loss", "summary/best_loss"}
+    scalars = read_scalars(quadratic_run)
+    assert scalars["summary/final_loss"][0][0] == 30
+
+
+def test_linear_model_logs_one_grad_norm_per_parameter(
+    composed: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    run(composed("experiment=linear_regression", "trainer.max_steps=3"), tmp_path)
+    tags = set(read_scalars(tmp_path / "tensorboard"))
+    assert {"train/grad_norm/weight", "train/grad_norm/bias", "train/grad_norm"} <= tags
+
+
+def test_flatten_hparams_makes_flat_tensorboard_values() -> None:
+    flat = flatten_hparams({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x", "f": True})
+    assert flat == {"a.b": 1, "a.c": "null", "a.d": "[1, 2]", "e": "x", "f": True}
