@@ -21,7 +21,7 @@ from trainer.config import (
 )
 from trainer.errors import GradtrainError
 from trainer.loop import Trainer
-from trainer.losses import LOSSES
+from trainer.losses import LOSSES, ObjectiveLoss
 from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
 from trainer.sinks import MetricSink, NullSink, TensorBoardSink
@@ -64,6 +64,8 @@ def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
             return VectorModel(model_cfg.init)
         if model_cfg.size is not None:
             return VectorModel.random(model_cfg.size, seed=cfg.seed)
+        if not isinstance(loss, ObjectiveLoss):
+            raise GradtrainError(f"loss={cfg.loss.name} has no standard start; set model.init")
         return VectorModel(loss.standard_start)
     if isinstance(model_cfg, LinearModelConfig):
         in_features = model_cfg.in_features or data.n_features

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write via `write(file)` to a temp file in the same folder, fsync it, then rename it over
     `path` (rename within one filesystem is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)

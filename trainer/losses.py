@@ -6,7 +6,7 @@ take no target; they also know their analytic gradient, so autograd can be check
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,17 @@ from torch import Tensor, nn
 from trainer.registry import Registry
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
+
+
+@runtime_checkable
+class ObjectiveLoss(Protocol):
+    """A loss of the parameter vector alone, with a known start, gradient and minimum."""
+
+    standard_start: ClassVar[tuple[float, ...]]
+
+    def analytic_gradient(self, x: Tensor) -> Tensor: ...
+
+    def minimum(self, size: int) -> tuple[float, list[float]]: ...
 
 
 @LOSSES.register("quadratic")
@@ -24,7 +35,7 @@ class QuadraticLoss(nn.Module):
     vector-Jacobian product); "sum" and "mean" give a scalar.
     """
 
-    standard_start = (1.0, 2.0, 3.0, 4.0, 5.0)
+    standard_start: ClassVar[tuple[float, ...]] = (1.0, 2.0, 3.0, 4.0, 5.0)
 
     def __init__(
         self, reduction: Literal["sum", "mean", "none"] = "sum", offset: float = 5.0
@@ -58,7 +69,7 @@ class RosenbrockLoss(nn.Module):
     """Rosenbrock's function `sum (a - x_i)**2 + b * (x_{i+1} - x_i**2)**2`, a curved valley that
     plain gradient descent crosses slowly; minimum 0 at x = (a, a**2, ...) (all ones by default)."""
 
-    standard_start = (-1.5, 2.0)
+    standard_start: ClassVar[tuple[float, ...]] = (-1.5, 2.0)
 
     def __init__(self, a: float = 1.0, b: float = 100.0) -> None:
         super().__init__()

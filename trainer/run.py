@@ -20,6 +20,7 @@ from trainer.config import Config, validate_config
 from trainer.errors import GradtrainError
 from trainer.files import write_json_atomic
 from trainer.loop import FitResult
+from trainer.models import VectorModel
 from trainer.sinks import HParamValue
 
 log = logging.getLogger("gradtrain")
@@ -88,7 +89,7 @@ def _summary(
         "steps_per_s": round(result.steps / result.wall_s, 3) if result.wall_s > 0 else None,
         "grad_norm": result.grad_norm,
     }
-    if cfg.model.name == "vector":
+    if isinstance(model, VectorModel):
         summary["params"] = model.x.detach().cpu().tolist()
     summary["run_dir"] = str(run_dir)
     if cfg.logger.name == "tensorboard":

@@ -61,9 +61,7 @@ def test_quadratic_converges_to_minus_25_with_x_at_zero(composed: Compose, tmp_p
     assert max(abs(v) for v in summary["params"]) < 1e-6
 
 
-def test_vector_loss_trains_exactly_like_the_summed_loss(
-    composed: Compose, tmp_path: Path
-) -> None:
+def test_vector_loss_trains_exactly_like_the_summed_loss(composed: Compose, tmp_path: Path) -> None:
     summed = run(composed("logger=none"), tmp_path / "sum")
     vjp = run(composed("logger=none", "loss.reduction=none"), tmp_path / "none")
     assert vjp["params"] == summed["params"]
@@ -81,9 +79,7 @@ def test_rosenbrock_with_adam_reaches_one_one(composed: Compose, tmp_path: Path)
     assert summary["params"] == pytest.approx([1.0, 1.0], abs=1e-3)
 
 
-def test_linear_regression_lowers_the_loss_a_hundredfold(
-    composed: Compose, tmp_path: Path
-) -> None:
+def test_linear_regression_lowers_the_loss_a_hundredfold(composed: Compose, tmp_path: Path) -> None:
     raw = composed("experiment=linear_regression", "logger=none", "trainer.log_every_n_steps=1")
     sink = RecordingSink()
     trainer = build_trainer(validate_config(raw), sink)
