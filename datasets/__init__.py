@@ -4,7 +4,17 @@ Not Hugging Face's `datasets`: run gradtrain from the checkout (or an editable i
 package is found first.
 """
 
+from datasets.csv_table import CsvData, DataError, load_csv
 from datasets.loaders import build_dataloader
-from datasets.regression import RegressionDataset
+from datasets.synthetic import ClassificationDataset, RegressionDataset
+from datasets.tensor import InMemoryDataset
 
-__all__ = ["RegressionDataset", "build_dataloader"]
+__all__ = [
+    "ClassificationDataset",
+    "CsvData",
+    "DataError",
+    "InMemoryDataset",
+    "RegressionDataset",
+    "build_dataloader",
+    "load_csv",
+]

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
 from trainer.config import (
+    ClassificationDatasetConfig,
     Config,
+    CsvDatasetConfig,
     DatasetConfig,
     LinearModelConfig,
     LoggerConfig,
     LossConfig,
+    MLPModelConfig,
+    NoDatasetConfig,
     OptimizerConfig,
+    RegressionDatasetConfig,
+    SchedulerConfig,
     VectorModelConfig,
 )
 from trainer.errors import GradtrainError
@@ -24,13 +32,21 @@ from trainer.loop import Trainer
 from trainer.losses import LOSSES, ObjectiveLoss
 from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
+from trainer.schedulers import SCHEDULERS
 from trainer.sinks import MetricSink, NullSink, TensorBoardSink
+
+log = logging.getLogger("gradtrain")
 
 
 @dataclass
 class Data:
-    train_loader: DataLoader[Any] | None
-    n_features: int | None
+    """The loaders and the facts about the data that models and losses are sized by."""
+
+    train_loader: DataLoader[Any] | None = None
+    val_loader: DataLoader[Any] | None = None
+    n_features: int | None = None
+    n_classes: int | None = None  # classification only
+    class_names: list[str] | None = None  # classification: index -> label in the source
 
 
 def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
@@ -40,7 +56,19 @@ def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
     data = build_data(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg, loss_fn, data).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
-    return Trainer(model, loss_fn, optimizer, data.train_loader, cfg.trainer, device, sink)
+    trainer = Trainer(
+        model,
+        loss_fn,
+        optimizer,
+        data.train_loader,
+        cfg.trainer,
+        device,
+        sink,
+        val_loader=data.val_loader,
+        classification=data.n_classes is not None,
+    )
+    trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer._total_steps())
+    return trainer
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
@@ -48,13 +76,64 @@ def build_loss(cfg: LossConfig) -> nn.Module:
 
 
 def build_data(cfg: DatasetConfig, seed: int) -> Data:
-    if cfg.name == "none":
-        return Data(train_loader=None, n_features=None)
-    from datasets import RegressionDataset, build_dataloader
+    """Generate or read the data set, split off validation rows, and wrap both in loaders."""
+    if isinstance(cfg, NoDatasetConfig):
+        return Data()
+    from datasets import (
+        ClassificationDataset,
+        DataError,
+        InMemoryDataset,
+        RegressionDataset,
+        build_dataloader,
+        load_csv,
+    )
 
-    dataset = RegressionDataset(cfg.n_samples, cfg.n_features, cfg.noise, seed=seed)
-    loader = build_dataloader(dataset, cfg.batch_size, cfg.shuffle, cfg.num_workers, seed=seed)
-    return Data(train_loader=loader, n_features=dataset.n_features)
+    class_names: list[str] | None = None
+    dataset: InMemoryDataset
+    if isinstance(cfg, RegressionDatasetConfig):
+        dataset = RegressionDataset(cfg.n_samples, cfg.n_features, cfg.noise, seed=seed)
+    elif isinstance(cfg, ClassificationDatasetConfig):
+        dataset = ClassificationDataset(
+            cfg.n_samples, cfg.n_features, cfg.n_classes, cfg.shape, cfg.spread, seed=seed
+        )
+        class_names = [str(i) for i in range(cfg.n_classes)]
+    else:
+        try:
+            table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
+        except DataError as exc:
+            raise GradtrainError(str(exc)) from None
+        dataset = table.dataset
+        if cfg.task == "classification":
+            class_names = table.class_names
+            log.info("Classes of '%s': %s", cfg.target, dict(enumerate(class_names)))
+
+    train, val = dataset.split(cfg.val_fraction, seed=seed)
+    if len(train) == 0:
+        raise GradtrainError(
+            f"dataset.val_fraction={cfg.val_fraction} leaves no training rows of {len(dataset)}"
+        )
+    if isinstance(cfg, CsvDatasetConfig) and cfg.standardize:
+        mean, std = train.feature_statistics()  # training rows only: no peeking at validation
+        train, val = train.standardized(mean, std), val.standardized(mean, std)
+
+    def loader(split: InMemoryDataset, shuffle: bool) -> DataLoader[Any]:
+        return build_dataloader(
+            split,
+            batch_size=cfg.batch_size or len(split),  # null: the whole split in one batch
+            shuffle=shuffle,
+            num_workers=cfg.num_workers,
+            seed=seed,
+            pin_memory=cfg.pin_memory,
+            drop_last=cfg.drop_last and shuffle,
+        )
+
+    return Data(
+        train_loader=loader(train, cfg.shuffle),
+        val_loader=loader(val, shuffle=False) if len(val) else None,
+        n_features=dataset.n_features,
+        n_classes=len(class_names) if class_names is not None else None,
+        class_names=class_names,
+    )
 
 
 def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
@@ -67,15 +146,49 @@ def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
         if not isinstance(loss, ObjectiveLoss):
             raise GradtrainError(f"loss={cfg.loss.name} has no standard start; set model.init")
         return VectorModel(loss.standard_start)
-    if isinstance(model_cfg, LinearModelConfig):
-        in_features = model_cfg.in_features or data.n_features
-        if data.n_features is not None and in_features != data.n_features:
+
+    in_features = model_cfg.in_features or data.n_features
+    if in_features != data.n_features:
+        raise GradtrainError(
+            f"model.in_features={in_features} but the dataset has {data.n_features} "
+            "features; set model.in_features=null to take it from the dataset"
+        )
+    out_features = _output_size(cfg.loss.name, data)
+    if model_cfg.out_features is not None and model_cfg.out_features != out_features:
+        raise GradtrainError(
+            f"model.out_features={model_cfg.out_features} but loss={cfg.loss.name} on this "
+            f"data needs {out_features}; set model.out_features=null to infer it"
+        )
+    model_class = MODELS.get(model_cfg.name)
+    if isinstance(model_cfg, MLPModelConfig):
+        return model_class(
+            in_features,
+            out_features,
+            hidden_sizes=model_cfg.hidden_sizes,
+            activation=model_cfg.activation,
+            dropout=model_cfg.dropout,
+        )
+    bias = model_cfg.bias if isinstance(model_cfg, LinearModelConfig) else True
+    return model_class(in_features, out_features, bias=bias)
+
+
+def _output_size(loss: str, data: Data) -> int:
+    if data.n_classes is None or loss == "bce_with_logits":
+        if loss == "bce_with_logits" and data.n_classes != 2:
             raise GradtrainError(
-                f"model.in_features={in_features} but the dataset has {data.n_features} "
-                "features; set model.in_features=null to take it from the dataset"
+                f"loss=bce_with_logits is binary but the data has {data.n_classes} classes "
+                f"({', '.join(data.class_names or [])}); use loss=cross_entropy"
             )
-        return MODELS.get("linear")(in_features, model_cfg.out_features, bias=model_cfg.bias)
-    raise AssertionError(f"no builder for model {model_cfg.name}")
+        return 1
+    return data.n_classes
+
+
+def build_scheduler(
+    cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> LRScheduler | None:
+    if cfg.name == "none":
+        return None
+    return SCHEDULERS.get(cfg.name)(optimizer, total_steps, **cfg.model_dump(exclude={"name"}))
 
 
 def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -52,12 +52,37 @@ class MSELossConfig(StrictModel):
     reduction: Literal["mean", "sum"] = "mean"
 
 
+class HuberLossConfig(StrictModel):
+    name: Literal["huber"]
+    delta: PositiveFloat = 1.0
+
+
+class CrossEntropyLossConfig(StrictModel):
+    name: Literal["cross_entropy"]
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class BCEWithLogitsLossConfig(StrictModel):
+    name: Literal["bce_with_logits"]
+
+
 LossConfig = Annotated[
-    QuadraticLossConfig | RosenbrockLossConfig | MSELossConfig, Field(discriminator="name")
+    QuadraticLossConfig
+    | RosenbrockLossConfig
+    | MSELossConfig
+    | HuberLossConfig
+    | CrossEntropyLossConfig
+    | BCEWithLogitsLossConfig,
+    Field(discriminator="name"),
 ]
-# Losses of the model's parameters alone (no data) versus losses of predictions against targets.
+# Losses of the model's parameters alone (no data), and the task each data loss expects.
 OBJECTIVE_LOSSES = ("quadratic", "rosenbrock")
-SUPERVISED_LOSSES = ("mse",)
+LOSS_TASK = {
+    "mse": "regression",
+    "huber": "regression",
+    "cross_entropy": "classification",
+    "bce_with_logits": "classification",
+}
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -80,13 +105,36 @@ class VectorModelConfig(StrictModel):
 
 
 class LinearModelConfig(StrictModel):
+    """`nn.Linear`. Sizes left null come from the data: features in; 1 output for regression
+    and bce_with_logits, one per class for cross_entropy."""
+
     name: Literal["linear"]
-    in_features: PositiveInt | None = None  # null: the dataset's number of features
-    out_features: PositiveInt = 1
+    in_features: PositiveInt | None = None
+    out_features: PositiveInt | None = None
     bias: bool = True
 
 
-ModelConfig = Annotated[VectorModelConfig | LinearModelConfig, Field(discriminator="name")]
+class LogisticModelConfig(StrictModel):
+    """Logistic (softmax) regression: a linear layer producing class logits."""
+
+    name: Literal["logistic"]
+    in_features: PositiveInt | None = None
+    out_features: PositiveInt | None = None
+
+
+class MLPModelConfig(StrictModel):
+    name: Literal["mlp"]
+    in_features: PositiveInt | None = None
+    out_features: PositiveInt | None = None
+    hidden_sizes: list[PositiveInt] = Field(default=[64, 64], min_length=1)
+    activation: Literal["relu", "tanh", "gelu", "sigmoid"] = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+ModelConfig = Annotated[
+    VectorModelConfig | LinearModelConfig | LogisticModelConfig | MLPModelConfig,
+    Field(discriminator="name"),
+]
 DATA_FREE_MODELS = ("vector",)
 
 
@@ -95,29 +143,78 @@ class NoDatasetConfig(StrictModel):
     name: Literal["none"]
 
 
-class RegressionDatasetConfig(StrictModel):
+class LoaderSettings(StrictModel):
+    """How every data set is split and served (shared by all datasets with data)."""
+
+    batch_size: PositiveInt | None = 64  # null: the whole training split in one batch
+    shuffle: bool = True
+    num_workers: NonNegativeInt = 0
+    pin_memory: bool = False
+    drop_last: bool = False
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class RegressionDatasetConfig(LoaderSettings):
     name: Literal["regression"]
     n_samples: PositiveInt = 1024
     n_features: PositiveInt = 8
     noise: NonNegativeFloat = 0.1
-    batch_size: PositiveInt = 64
-    shuffle: bool = True
-    num_workers: NonNegativeInt = 0
 
 
-DatasetConfig = Annotated[NoDatasetConfig | RegressionDatasetConfig, Field(discriminator="name")]
+class ClassificationDatasetConfig(LoaderSettings):
+    name: Literal["classification"]
+    n_samples: PositiveInt = 1024
+    n_features: PositiveInt = 2
+    n_classes: Annotated[int, Field(ge=2)] = 2
+    shape: Literal["blobs", "moons"] = "blobs"
+    spread: NonNegativeFloat = 1.0
+
+    @model_validator(mode="after")
+    def _moons_are_flat(self) -> ClassificationDatasetConfig:
+        if self.shape == "moons" and (self.n_features != 2 or self.n_classes != 2):
+            raise ValueError("dataset.shape=moons needs dataset.n_features=2 and n_classes=2")
+        return self
+
+
+class CsvDatasetConfig(LoaderSettings):
+    name: Literal["csv"]
+    path: str
+    target: str
+    features: list[str] | None = None  # null: every column but the target
+    task: Literal["regression", "classification"] = "regression"
+    standardize: bool = True
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _path_given(self) -> CsvDatasetConfig:
+        if self.path in ("", "???"):
+            raise ValueError("dataset.path is required: add dataset.path=/path/to/file.csv")
+        return self
+
+
+DatasetConfig = Annotated[
+    NoDatasetConfig | RegressionDatasetConfig | ClassificationDatasetConfig | CsvDatasetConfig,
+    Field(discriminator="name"),
+]
+
+
+def dataset_task(cfg: DatasetConfig) -> str | None:
+    if isinstance(cfg, CsvDatasetConfig):
+        return cfg.task
+    return {"regression": "regression", "classification": "classification"}.get(cfg.name)
 
 
 # ------------------------------------------------------------------------------------- optimizers
 class ManualSGDConfig(StrictModel):
     name: Literal["manual_sgd"]
     lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class SGDConfig(StrictModel):
     name: Literal["sgd"]
     lr: PositiveFloat = 0.1
-    momentum: NonNegativeFloat = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 0.0
 
@@ -128,18 +225,94 @@ class SGDConfig(StrictModel):
         return self
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
+
 class AdamConfig(StrictModel):
     name: Literal["adam"]
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
-        0.9,
-        0.999,
-    )
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.0
 
 
-OptimizerConfig = Annotated[ManualSGDConfig | SGDConfig | AdamConfig, Field(discriminator="name")]
+class AdamWConfig(StrictModel):
+    name: Literal["adamw"]
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.01
+
+
+class RMSpropConfig(StrictModel):
+    name: Literal["rmsprop"]
+    lr: PositiveFloat = 1e-2
+    alpha: Beta = 0.99
+    eps: PositiveFloat = 1e-8
+    momentum: Beta = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    centered: bool = False
+
+
+class LBFGSConfig(StrictModel):
+    """Full-batch quasi-Newton; the trainer hands it a closure that re-evaluates the loss."""
+
+    name: Literal["lbfgs"]
+    lr: PositiveFloat = 1.0
+    max_iter: PositiveInt = 20
+    history_size: PositiveInt = 100
+    line_search_fn: Literal["strong_wolfe"] | None = "strong_wolfe"
+    tolerance_grad: NonNegativeFloat = 1e-7
+    tolerance_change: NonNegativeFloat = 1e-9
+
+
+OptimizerConfig = Annotated[
+    ManualSGDConfig | SGDConfig | AdamConfig | AdamWConfig | RMSpropConfig | LBFGSConfig,
+    Field(discriminator="name"),
+]
+
+
+# ------------------------------------------------------------------------------------- schedulers
+class NoSchedulerConfig(StrictModel):
+    name: Literal["none"]
+
+
+class StepSchedulerConfig(StrictModel):
+    """Multiply the lr by `gamma` every `step_size` optimizer steps."""
+
+    name: Literal["step"]
+    step_size: PositiveInt = 100
+    gamma: PositiveFloat = 0.5
+
+
+class CosineSchedulerConfig(StrictModel):
+    """Cosine decay to `eta_min` over `t_max` steps (null: the run's total steps)."""
+
+    name: Literal["cosine"]
+    t_max: PositiveInt | None = None
+    eta_min: NonNegativeFloat = 0.0
+
+
+class ExponentialSchedulerConfig(StrictModel):
+    name: Literal["exponential"]
+    gamma: PositiveFloat = 0.99
+
+
+class LinearWarmupSchedulerConfig(StrictModel):
+    """Ramp the lr linearly from lr / warmup_steps to lr over `warmup_steps`, then hold it."""
+
+    name: Literal["linear_warmup"]
+    warmup_steps: PositiveInt = 100
+
+
+SchedulerConfig = Annotated[
+    NoSchedulerConfig
+    | StepSchedulerConfig
+    | CosineSchedulerConfig
+    | ExponentialSchedulerConfig
+    | LinearWarmupSchedulerConfig,
+    Field(discriminator="name"),
+]
 
 
 # ---------------------------------------------------------------------------------- trainer, logs
@@ -147,6 +320,8 @@ class TrainerConfig(StrictModel):
     max_steps: PositiveInt | None = 200
     max_epochs: PositiveInt | None = None
     log_every_n_steps: PositiveInt = 10
+    val_every_n_epochs: PositiveInt = 1
+    accumulate_grad_batches: PositiveInt = 1
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     grad_clip: PositiveFloat | None = None
     tolerance: NonNegativeFloat | None = None
@@ -178,6 +353,7 @@ class Config(StrictModel):
     model: ModelConfig
     dataset: DatasetConfig
     optimizer: OptimizerConfig
+    scheduler: SchedulerConfig = NoSchedulerConfig(name="none")
     trainer: TrainerConfig = TrainerConfig()
     logger: LoggerConfig = TensorBoardLoggerConfig(name="tensorboard")
 
@@ -190,14 +366,22 @@ class Config(StrictModel):
 
 
 def compatibility_problems(cfg: Config) -> list[str]:
-    """Combinations that would fail at the first step, said before anything is built."""
+    """Combinations that would fail at the first step, said before anything is built.
+    (Facts known only once the data is read, like a CSV's classes, are checked at build time.)"""
     problems = []
-    has_data = cfg.dataset.name != "none"
     loss, model, dataset = cfg.loss.name, cfg.model.name, cfg.dataset.name
-    if loss in SUPERVISED_LOSSES and not has_data:
+    has_data = dataset != "none"
+    task = dataset_task(cfg.dataset)
+    if loss in LOSS_TASK and not has_data:
         problems.append(
             f"loss={loss} compares predictions with targets, but dataset=none has no data; "
             "use experiment=linear_regression, or dataset=regression model=linear"
+        )
+    if loss in LOSS_TASK and has_data and LOSS_TASK[loss] != task:
+        fitting = [name for name, kind in LOSS_TASK.items() if kind == task]
+        problems.append(
+            f"loss={loss} is a {LOSS_TASK[loss]} loss, but dataset={dataset} is a {task} "
+            f"task; use loss={' or loss='.join(fitting)}"
         )
     if loss in OBJECTIVE_LOSSES and has_data:
         problems.append(
@@ -207,23 +391,52 @@ def compatibility_problems(cfg: Config) -> list[str]:
     if model in DATA_FREE_MODELS and has_data:
         problems.append(
             f"model={model} takes no inputs, but dataset={dataset} feeds it batches; "
-            "use model=linear"
+            "use model=linear, logistic or mlp"
         )
     if model not in DATA_FREE_MODELS and not has_data:
         problems.append(
             f"model={model} needs inputs, but dataset=none has none; use model=vector, "
-            "or dataset=regression"
+            "or a dataset (regression, classification, csv)"
         )
+    if model == "logistic" and has_data and task != "classification":
+        problems.append(
+            f"model=logistic needs a classification dataset; dataset={dataset} is {task}"
+        )
+    if isinstance(cfg.dataset, ClassificationDatasetConfig):
+        n_classes = cfg.dataset.n_classes
+        if loss == "bce_with_logits" and n_classes != 2:
+            problems.append(
+                f"loss=bce_with_logits is binary but dataset.n_classes={n_classes}; "
+                "use loss=cross_entropy"
+            )
+        out = getattr(cfg.model, "out_features", None)
+        expected = 1 if loss == "bce_with_logits" else n_classes
+        if out is not None and loss in LOSS_TASK and out != expected:
+            problems.append(
+                f"model.out_features={out} but loss={loss} on {n_classes} classes needs "
+                f"{expected}; set model.out_features=null to infer it"
+            )
     if loss == "rosenbrock" and isinstance(cfg.model, VectorModelConfig):
         size = len(cfg.model.init) if cfg.model.init is not None else cfg.model.size
         if size is not None and size < 2:
             problems.append("loss=rosenbrock needs at least 2 parameters (model.size >= 2)")
+    if cfg.optimizer.name == "lbfgs":
+        if has_data and getattr(cfg.dataset, "batch_size", None) is not None:
+            problems.append(
+                "optimizer=lbfgs is full-batch: set dataset.batch_size=null (the whole "
+                "training split in one batch)"
+            )
+        if cfg.trainer.accumulate_grad_batches != 1:
+            problems.append(
+                "optimizer=lbfgs re-evaluates the loss itself; set "
+                "trainer.accumulate_grad_batches=1"
+            )
     return problems
 
 
 # Discriminated unions put the chosen option's name into error locations
 # (`optimizer.manual_sgd.lr`); users wrote `optimizer.lr`, so that is what errors say.
-_UNION_SECTIONS = ("loss", "model", "dataset", "optimizer", "logger")
+_UNION_SECTIONS = ("loss", "model", "dataset", "optimizer", "scheduler", "logger")
 
 
 def _error_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:

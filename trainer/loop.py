@@ -3,6 +3,7 @@ bottom; everything it owns between steps lives in `TrainState` and the objects i
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Sized
@@ -11,6 +12,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
@@ -24,7 +26,7 @@ class TrainState:
     """Where training is: the counters a checkpoint or a resumed run needs."""
 
     step: int = 0  # optimizer updates done so far
-    epoch: int = 0  # complete passes over the data
+    epoch: int = 0  # complete passes over the training data
     batch_in_epoch: int = 0  # batches of the current epoch consumed
 
 
@@ -37,6 +39,9 @@ class FitResult:
     final_loss: float
     best_loss: float
     grad_norm: float
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    train_accuracy: float | None = None  # over the last (possibly partial) epoch
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) when logged
 
 
@@ -47,12 +52,15 @@ class Trainer:
         model: the module whose parameters are optimized.
         loss_fn: called as `loss_fn(prediction, target)`; may return a non-scalar loss, whose
             backward is then the vector-Jacobian product with a vector of ones.
-        optimizer: any `torch.optim.Optimizer` (including `ManualSGD`).
-        train_loader: an iterable of `(inputs, targets)` batches, or None for an objective of the
-            parameters alone (each step is then one epoch).
+        optimizer: any `torch.optim.Optimizer` (including `ManualSGD` and `LBFGS`).
+        train_loader: an iterable of `(inputs, targets)` batches with a length, or None for an
+            objective of the parameters alone (each step is then one epoch).
         settings: the validated `trainer` config section.
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
+        scheduler: stepped after every optimizer step, or None for a constant lr.
+        val_loader: batches evaluated every `settings.val_every_n_epochs` epochs, or None.
+        classification: count correct predictions (train/accuracy, val/accuracy).
     """
 
     def __init__(
@@ -64,6 +72,9 @@ class Trainer:
         settings: TrainerConfig,
         device: torch.device,
         sink: MetricSink,
+        scheduler: LRScheduler | None = None,
+        val_loader: Iterable[Any] | None = None,
+        classification: bool = False,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -72,16 +83,25 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.sink = sink
+        self.scheduler = scheduler
+        self.val_loader = val_loader
+        self.classification = classification
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        # LBFGS re-evaluates the loss several times per step through a closure.
+        self.needs_closure = isinstance(optimizer, torch.optim.LBFGS)
 
     # ---------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
-        settings = self.settings
-        state = self.state
+        settings, state = self.settings, self.state
         params = [p for _, p in self.named_parameters]
         best_loss = torch.tensor(math.inf, device=self.device)
+        window_loss = torch.zeros((), device=self.device)  # loss summed over accumulated batches
         objective = grad_norm = torch.tensor(math.nan)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # this epoch, on device
+        seen = 0
+        val_metrics: dict[str, float] = {}
+        train_accuracy: float | None = None
         last_logged: float | None = None
         history: list[tuple[int, float]] = []
         stop_reason: StopReason | None = None
@@ -92,18 +112,20 @@ class Trainer:
             while stop_reason is None:
                 for batch in self._batches():
                     # Forward.
-                    loss = self._forward(batch)
-                    # Backward. A scalar loss seeds the chain rule with 1; a vector loss needs the
-                    # vector of the vector-Jacobian product: ones, i.e. the gradient of its sum.
-                    if loss.dim() == 0:
-                        loss.backward()
-                        objective = loss.detach()
-                    else:
-                        loss.backward(gradient=torch.ones_like(loss))
-                        objective = loss.detach().sum()
-
+                    loss, batch_correct, batch_size = self._forward(batch)
+                    if self.classification:
+                        correct += batch_correct
+                        seen += batch_size
+                    # Backward. Gradients of several batches add up in .grad; dividing each loss
+                    # by the window makes the sum their mean, as one larger batch would give.
+                    window = self._accumulation_window()
+                    self._backward(loss / window)
+                    window_loss += self._scalar(loss.detach()) / window
                     state.batch_in_epoch += 1
-                    is_last = self._is_last_batch_of_run()
+                    if not self._update_due():
+                        continue
+
+                    is_last = self._limit_reached(step=state.step + 1) is not None
                     log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
 
                     # Gradient norms: one fused kernel over all parameters, only when needed.
@@ -116,18 +138,26 @@ class Trainer:
                                 params, settings.grad_clip, grad_norm
                             )
 
-                    # Update (the optimizer runs it under torch.no_grad()), then clear the
-                    # gradients, which backward() would otherwise accumulate into.
-                    self.optimizer.step()
+                    # Update (optimizers run it under torch.no_grad()), then clear the
+                    # gradients, which backward() would otherwise keep accumulating into.
+                    lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
+                    if self.needs_closure:
+                        closure = functools.partial(self._closure, batch)
+                        self.optimizer.step(closure)  # type: ignore[arg-type]
+                    else:
+                        self.optimizer.step()
                     self.optimizer.zero_grad()
+                    if self.scheduler is not None:
+                        self.scheduler.step()
                     state.step += 1
+                    objective, window_loss = window_loss, torch.zeros((), device=self.device)
                     best_loss = torch.minimum(best_loss, objective)  # stays on the device
 
                     if log_now:
                         # The only host synchronisation: once per logging interval.
                         loss_value = objective.item()
                         history.append((state.step, loss_value))
-                        self._log(loss_value, grad_norm, param_norms)
+                        self._log(loss_value, grad_norm, param_norms, lr)
                         progress.show_loss(loss_value)
                         if self._converged(last_logged, loss_value):
                             stop_reason = "tolerance"
@@ -137,9 +167,25 @@ class Trainer:
                     if is_last or stop_reason is not None:
                         stop_reason = stop_reason or self._limit_reached()
                         break
-                if state.batch_in_epoch == self._batches_per_epoch():
+
+                epoch_done = state.batch_in_epoch == self._batches_per_epoch()
+                if epoch_done:
                     state.epoch += 1
                     state.batch_in_epoch = 0
+                if self.classification and seen and (epoch_done or stop_reason is not None):
+                    train_accuracy = correct.item() / seen
+                    self.sink.log_scalars({"train/accuracy": train_accuracy}, step=state.step)
+                    correct.zero_()
+                    seen = 0
+                # Validate every val_every_n_epochs epochs, and at the end unless just done.
+                due = epoch_done and state.epoch % settings.val_every_n_epochs == 0
+                fresh = val_metrics.get("step") == state.step
+                if self.val_loader is not None and (due or stop_reason is not None) and not fresh:
+                    val_metrics = {"step": state.step, **self.evaluate(self.val_loader)}
+                    self.sink.log_scalars(
+                        {f"val/{k}": v for k, v in val_metrics.items() if k != "step"},
+                        step=state.step,
+                    )
 
         return FitResult(
             stop_reason=stop_reason,
@@ -149,17 +195,68 @@ class Trainer:
             final_loss=objective.item(),
             best_loss=best_loss.item(),
             grad_norm=grad_norm.item(),
+            val_loss=val_metrics.get("loss"),
+            val_accuracy=val_metrics.get("accuracy"),
+            train_accuracy=train_accuracy,
             history=history,
         )
 
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """Mean loss per sample (and accuracy) over `loader`, in eval mode, building no graph."""
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device)
+        total_correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        for batch in loader:
+            loss, correct, batch_size = self._forward(batch)
+            total_loss += self._scalar(loss) * batch_size
+            total_correct += correct
+            count += batch_size
+        self.model.train()
+        metrics = {"loss": total_loss.item() / max(count, 1)}
+        if self.classification:
+            metrics["accuracy"] = total_correct.item() / max(count, 1)
+        return metrics
+
     # -------------------------------------------------------------------------------- the pieces
-    def _forward(self, batch: Any) -> Tensor:
+    def _forward(self, batch: Any) -> tuple[Tensor, Tensor, int]:
+        """The loss of one batch, how many of its predictions are right (classification), and
+        its size."""
         if batch is None:  # an objective of the parameters alone
-            return self.loss_fn(self.model())
+            return self.loss_fn(self.model()), torch.zeros((), dtype=torch.int64), 1
         inputs, targets = batch
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
-        return self.loss_fn(self.model(inputs), targets)
+        prediction = self.model(inputs)
+        loss = self.loss_fn(prediction, targets)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        if self.classification:
+            # One logit per sample (bce_with_logits) means class 1 when positive.
+            labels = prediction > 0 if prediction.dim() == 1 else prediction.argmax(dim=-1)
+            correct = (labels == targets).sum()
+        return loss, correct, len(targets)
+
+    @staticmethod
+    def _backward(loss: Tensor) -> None:
+        # A scalar loss seeds the chain rule with 1; a vector loss needs the vector of the
+        # vector-Jacobian product: ones, i.e. the gradient of its sum.
+        if loss.dim() == 0:
+            loss.backward()
+        else:
+            loss.backward(gradient=torch.ones_like(loss))
+
+    @staticmethod
+    def _scalar(loss: Tensor) -> Tensor:
+        """The number a loss stands for: itself, or the sum a vector loss's backward follows."""
+        return loss if loss.dim() == 0 else loss.sum()
+
+    def _closure(self, batch: Any) -> Tensor:
+        """Re-evaluate loss and gradients at the current parameters (for LBFGS's line search)."""
+        self.optimizer.zero_grad()
+        loss = self._forward(batch)[0]
+        self._backward(loss)
+        return self._scalar(loss.detach())
 
     def _batches(self) -> Iterable[Any]:
         return [None] if self.train_loader is None else self.train_loader
@@ -171,25 +268,31 @@ class Trainer:
             raise TypeError("train_loader must have a length")
         return len(self.train_loader)
 
-    def _gradient_norms(self) -> dict[str, Tensor]:
-        """L2 norm of each parameter's gradient, from one fused kernel (no loop of norms)."""
-        names = [n for n, p in self.named_parameters if p.grad is not None]
-        grads = [p.grad for _, p in self.named_parameters if p.grad is not None]
-        return dict(zip(names, torch._foreach_norm(grads), strict=True))
+    def _accumulation_window(self) -> int:
+        """Batches in the current update: accumulate_grad_batches, or fewer at an epoch's end."""
+        k = self.settings.accumulate_grad_batches
+        start = self.state.batch_in_epoch - self.state.batch_in_epoch % k
+        return min(k, self._batches_per_epoch() - start)
+
+    def _update_due(self) -> bool:
+        """Whether the batch just consumed closes an accumulation window."""
+        done = self.state.batch_in_epoch
+        return done % self.settings.accumulate_grad_batches == 0 or (
+            done == self._batches_per_epoch()
+        )
 
     def _total_steps(self) -> int:
         limits = []
         if self.settings.max_steps is not None:
             limits.append(self.settings.max_steps)
         if self.settings.max_epochs is not None:
-            limits.append(self.settings.max_epochs * self._batches_per_epoch())
+            per_epoch = math.ceil(self._batches_per_epoch() / self.settings.accumulate_grad_batches)
+            limits.append(self.settings.max_epochs * per_epoch)
         return min(limits)
 
-    def _is_last_batch_of_run(self) -> bool:
-        """Whether the step in progress (state.batch_in_epoch already counts it) is the last."""
-        return self._limit_reached(step=self.state.step + 1) is not None
-
     def _limit_reached(self, step: int | None = None) -> StopReason | None:
+        """Whether `step` (default: the current one) ends the run, once the batch just
+        consumed has been used."""
         step = self.state.step if step is None else step
         settings = self.settings
         if settings.max_steps is not None and step >= settings.max_steps:
@@ -208,10 +311,18 @@ class Trainer:
             return False
         return abs(current - previous) < tolerance
 
-    def _log(self, loss: float, grad_norm: Tensor, param_norms: dict[str, Tensor]) -> None:
+    def _gradient_norms(self) -> dict[str, Tensor]:
+        """L2 norm of each parameter's gradient, from one fused kernel (no loop of norms)."""
+        names = [n for n, p in self.named_parameters if p.grad is not None]
+        grads = [p.grad for _, p in self.named_parameters if p.grad is not None]
+        return dict(zip(names, torch._foreach_norm(grads), strict=True))
+
+    def _log(
+        self, loss: float, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float
+    ) -> None:
         scalars = {"train/loss": loss, "train/grad_norm": grad_norm.item()}
         norms = torch.stack(list(param_norms.values())).tolist()  # one transfer for all
         for name, norm in zip(param_norms, norms, strict=True):
             scalars[f"train/grad_norm/{name}"] = norm
-        scalars["optim/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        scalars["optim/lr"] = lr
         self.sink.log_scalars(scalars, step=self.state.step)

@@ -98,3 +98,21 @@ class RosenbrockLoss(nn.Module):
 @LOSSES.register("mse")
 class MSELoss(nn.MSELoss):
     """Mean squared error between predictions and targets."""
+
+
+@LOSSES.register("huber")
+class HuberLoss(nn.HuberLoss):
+    """Squared error below `delta`, absolute error above: robust to outliers."""
+
+
+@LOSSES.register("cross_entropy")
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """Softmax cross-entropy of logits (batch, n_classes) against class indices (batch,)."""
+
+
+@LOSSES.register("bce_with_logits")
+class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy of one logit per sample against class indices 0/1."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return super().forward(logits, target.to(logits.dtype))

@@ -40,3 +40,44 @@ class LinearModel(nn.Linear):
     def forward(self, inputs: Tensor) -> Tensor:
         outputs = super().forward(inputs)
         return outputs.squeeze(-1) if self.out_features == 1 else outputs
+
+
+# Logistic regression is a linear layer whose outputs are read as class logits.
+MODELS.register("logistic")(LinearModel)
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+@MODELS.register("mlp")
+class MLP(nn.Module):
+    """Linear -> activation -> dropout for each hidden size, then a linear head.
+
+    Like `LinearModel`, a single output comes back as shape (batch,).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        self.hidden = nn.Sequential(*layers)
+        self.head = LinearModel(width, out_features)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.head(self.hidden(inputs))

@@ -20,20 +20,33 @@ class ManualSGD(torch.optim.Optimizer):
     parameter stays a leaf with no `grad_fn` and no history. Gradients are then zeroed in place,
     because `backward()` accumulates into `.grad` rather than overwriting it.
 
+    With `momentum` > 0 each parameter keeps a velocity `v = momentum * v + grad` (starting at
+    the first gradient) and steps `p -= lr * v`: `torch.optim.SGD`'s heavy-ball rule, spelled out.
+
     Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work),
     `state_dict` and `zero_grad`; the arithmetic is all here.
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 0.1) -> None:
-        super().__init__(params, {"lr": lr})
+    def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum})
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         with torch.no_grad():
             for group in self.param_groups:
+                lr, momentum = group["lr"], group["momentum"]
                 for p in group["params"]:
-                    if p.grad is not None:
-                        p -= group["lr"] * p.grad
+                    if p.grad is None:
+                        continue
+                    if momentum == 0:
+                        p -= lr * p.grad
+                        continue
+                    state = self.state[p]
+                    if "velocity" not in state:
+                        state["velocity"] = p.grad.clone()
+                    else:
+                        state["velocity"].mul_(momentum).add_(p.grad)
+                    p -= lr * state["velocity"]
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -46,3 +59,6 @@ class ManualSGD(torch.optim.Optimizer):
 
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
 OPTIMIZERS.register("adam")(torch.optim.Adam)
+OPTIMIZERS.register("adamw")(torch.optim.AdamW)
+OPTIMIZERS.register("rmsprop")(torch.optim.RMSprop)
+OPTIMIZERS.register("lbfgs")(torch.optim.LBFGS)

@@ -89,6 +89,9 @@ def _summary(
         "steps_per_s": round(result.steps / result.wall_s, 3) if result.wall_s > 0 else None,
         "grad_norm": result.grad_norm,
     }
+    for key in ("val_loss", "val_accuracy", "train_accuracy"):
+        if getattr(result, key) is not None:
+            summary[key] = getattr(result, key)
     if isinstance(model, VectorModel):
         summary["params"] = model.x.detach().cpu().tolist()
     summary["run_dir"] = str(run_dir)
@@ -106,6 +109,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  best loss   {summary['best_loss']:.8g}",
         f"  grad norm   {summary['grad_norm']:.3g}",
     ]
+    for key, label in (
+        ("val_loss", "val loss"),
+        ("train_accuracy", "train acc"),
+        ("val_accuracy", "val acc"),
+    ):
+        if key in summary:
+            lines.append(f"  {label:<11} {summary[key]:.6g}")
     if "params" in summary:
         shown = ", ".join(f"{v:.6g}" for v in summary["params"][:10])
         more = ", ..." if len(summary["params"]) > 10 else ""

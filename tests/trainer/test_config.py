@@ -12,12 +12,21 @@ from trainer.config import Config, validate_config
 from trainer.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-GROUPS = ["loss", "model", "dataset", "optimizer", "trainer", "logger", "experiment"]
+GROUPS = ["loss", "model", "dataset", "optimizer", "scheduler", "trainer", "logger", "experiment"]
 # Options that need a partner from another group to form a valid run.
 PARTNERS = {
     ("loss", "mse"): ["dataset=regression", "model=linear"],
+    ("loss", "huber"): ["dataset=regression", "model=linear"],
+    ("loss", "cross_entropy"): ["dataset=classification", "model=logistic"],
+    ("loss", "bce_with_logits"): ["dataset=classification", "model=logistic"],
     ("model", "linear"): ["dataset=regression", "loss=mse"],
+    ("model", "logistic"): ["dataset=classification", "loss=cross_entropy"],
+    ("model", "mlp"): ["dataset=regression", "loss=mse"],
     ("dataset", "regression"): ["model=linear", "loss=mse"],
+    ("dataset", "classification"): ["model=logistic", "loss=cross_entropy"],
+    ("dataset", "csv"): ["model=linear", "loss=mse", "dataset.path=x.csv", "dataset.target=y"],
+    ("optimizer", "lbfgs"): ["experiment=linear_regression", "dataset.batch_size=null"],
+    ("experiment", "csv_regression"): ["dataset.path=x.csv", "dataset.target=y"],
 }
 
 
@@ -34,7 +43,7 @@ def test_every_option_of_every_group_composes_and_validates(
     raw = composed(f"{group}={option}", *PARTNERS.get((group, option), []))
     cfg = validate_config(raw)
     assert isinstance(cfg, Config)
-    if group in ("loss", "model", "dataset", "optimizer", "logger"):
+    if group in ("loss", "model", "dataset", "optimizer", "scheduler", "logger"):
         assert getattr(cfg, group).name == option
 
 
@@ -89,7 +98,7 @@ def problems_for(raw: dict[str, Any]) -> list[str]:
             ["experiment=linear_regression", "dataset.batch_size=0"],
             "dataset.batch_size: Input should be greater than 0",
         ),
-        (["+optimizer.momentum=0.9"], "optimizer.momentum: unknown key; allowed keys: name, lr"),
+        (["+optimizer.betas=[0.9,0.9]"], "optimizer.betas: unknown key; allowed keys: name, lr"),
         (["+sed=1"], "sed: unknown key; allowed keys: seed, loss"),
         (["trainer.max_steps=null"], "set trainer.max_steps or trainer.max_epochs"),
         (["loss=mse"], "loss=mse compares predictions with targets, but dataset=none"),
@@ -120,7 +129,7 @@ def test_unknown_component_name_lists_the_allowed_ones(
     raw["optimizer"] = {"name": "os.system", "lr": 0.1}
     (problem,) = problems_for(raw)
     assert problem.startswith("optimizer.name:")
-    assert "'manual_sgd', 'sgd', 'adam'" in problem
+    assert "'manual_sgd', 'sgd', 'adam', 'adamw', 'rmsprop', 'lbfgs'" in problem
 
 
 def test_validated_config_is_frozen(composed: Callable[..., dict[str, Any]]) -> None:
