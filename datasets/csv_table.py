@@ -63,7 +63,9 @@ def load_csv(
     labels: list[str] = []
     for line, row in enumerate(rows, start=2):
         if len(row) != len(header):
-            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+            raise DataError(
+                f"{path}, line {line}: {len(row)} fields, but the header has {len(header)}"
+            )
         feature_rows.append(
             [_number(path, line, name, row[column[name]]) for name in feature_names]
         )

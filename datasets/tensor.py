@@ -37,10 +37,10 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def split(self, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:
         """A seeded random split into (train, validation); validation gets
-        round(val_fraction * n) rows."""
+        round(val_fraction * n) rows. Both keep the rows' original order."""
         n_val = round(val_fraction * len(self))
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        val, train = order[:n_val], order[n_val:]
+        val, train = order[:n_val].sort().values, order[n_val:].sort().values
         return self.subset(train), self.subset(val)
 
     def subset(self, index: Tensor) -> InMemoryDataset:

@@ -76,3 +76,36 @@ def test_rerunning_into_a_finished_run_dir_changes_nothing(train: Train, tmp_pat
     assert "already holds a finished run" in again.stderr
     assert (tmp_path / "kept" / "summary.json").read_bytes() == summary
     assert {p: p.read_bytes() for p in (tmp_path / "kept" / "tensorboard").iterdir()} == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a,y\n1,2\n2,x\n", "line 3, column 'y': 'x' is not a number"),
+        ("a,y\n1,2\n,3\n", "line 3, column 'a': empty value"),
+        ("a,b\n1,2\n", "no column 'y' (target); columns are: a, b"),
+    ],
+)
+def test_bad_csv_exits_non_zero_naming_file_line_and_column(
+    train: Train, tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text(text)
+    result = train("experiment=csv_regression", f"dataset.path={path}", "dataset.target=y")
+    assert result.returncode != 0
+    assert f"{path}" in result.stderr and message in result.stderr, result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_csv_file_is_named(train: Train, tmp_path: Path) -> None:
+    result = train("experiment=csv_regression", "dataset.path=absent.csv", "dataset.target=y")
+    assert result.returncode != 0 and "absent.csv: no such file" in result.stderr
+
+
+def test_mlp_classification_preset_reports_validation_metrics(train: Train) -> None:
+    result = train("experiment=mlp_classification", "logger=none")
+    assert result.returncode == 0, result.output
+    summary = result.summary
+    assert summary["val_accuracy"] > 0.95 and summary["train_accuracy"] > 0.95
+    assert summary["val_loss"] < 0.2
+    assert "val acc" in result.stdout

@@ -7,7 +7,7 @@ import functools
 import math
 import time
 from collections.abc import Iterable, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -42,7 +42,6 @@ class FitResult:
     val_loss: float | None = None
     val_accuracy: float | None = None
     train_accuracy: float | None = None  # over the last (possibly partial) epoch
-    history: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) when logged
 
 
 class Trainer:
@@ -103,7 +102,6 @@ class Trainer:
         val_metrics: dict[str, float] = {}
         train_accuracy: float | None = None
         last_logged: float | None = None
-        history: list[tuple[int, float]] = []
         stop_reason: StopReason | None = None
         started = time.perf_counter()
         self.model.train()
@@ -154,14 +152,16 @@ class Trainer:
                     best_loss = torch.minimum(best_loss, objective)  # stays on the device
 
                     if log_now:
-                        # The only host synchronisation: once per logging interval.
-                        loss_value = objective.item()
-                        history.append((state.step, loss_value))
-                        self._log(loss_value, grad_norm, param_norms, lr)
-                        progress.show_loss(loss_value)
-                        if self._converged(last_logged, loss_value):
-                            stop_reason = "tolerance"
-                        last_logged = loss_value
+                        # Scalars go to the sink as device tensors; it reads them back in
+                        # batches. Only the tolerance check and a visible progress bar need the
+                        # value now: the one host synchronisation, once per logging interval.
+                        self._log(objective, grad_norm, param_norms, lr)
+                        if settings.tolerance is not None or progress.visible:
+                            loss_value = objective.item()
+                            progress.show_loss(loss_value)
+                            if self._converged(last_logged, loss_value):
+                                stop_reason = "tolerance"
+                            last_logged = loss_value
                     progress.update()
 
                     if is_last or stop_reason is not None:
@@ -198,7 +198,6 @@ class Trainer:
             val_loss=val_metrics.get("loss"),
             val_accuracy=val_metrics.get("accuracy"),
             train_accuracy=train_accuracy,
-            history=history,
         )
 
     @torch.no_grad()
@@ -318,11 +317,10 @@ class Trainer:
         return dict(zip(names, torch._foreach_norm(grads), strict=True))
 
     def _log(
-        self, loss: float, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float
+        self, loss: Tensor, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float
     ) -> None:
-        scalars = {"train/loss": loss, "train/grad_norm": grad_norm.item()}
-        norms = torch.stack(list(param_norms.values())).tolist()  # one transfer for all
-        for name, norm in zip(param_norms, norms, strict=True):
+        scalars: dict[str, Tensor | float] = {"train/loss": loss, "train/grad_norm": grad_norm}
+        for name, norm in param_norms.items():
             scalars[f"train/grad_norm/{name}"] = norm
         scalars["optim/lr"] = lr
         self.sink.log_scalars(scalars, step=self.state.step)

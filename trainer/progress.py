@@ -17,6 +17,10 @@ class ProgressBar:
 
             self._bar = tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
 
+    @property
+    def visible(self) -> bool:
+        return self._bar is not None
+
     def update(self) -> None:
         if self._bar is not None:
             self._bar.update()

@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from torch import Tensor
     from torch.utils.tensorboard import SummaryWriter
 
 HParamValue = int | float | str | bool
+# Scalars may arrive as 0-d device tensors; a sink reads them back when it writes them.
 
 
 class MetricSink(Protocol):
     """Receives scalars during training and the run's description at its start and end."""
 
-    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None: ...
+    def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None: ...
 
     def log_text(self, tag: str, text: str) -> None: ...
 
@@ -32,7 +34,7 @@ class MetricSink(Protocol):
 class NullSink:
     """`logger=none`: metrics are dropped (the summary still reports the outcome)."""
 
-    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+    def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
         pass
 
     def log_text(self, tag: str, text: str) -> None:
@@ -56,7 +58,7 @@ class TensorBoardSink:
         self.log_dir = log_dir
         self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
 
-    def log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+    def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, global_step=step)
 

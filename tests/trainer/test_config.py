@@ -105,6 +105,29 @@ def problems_for(raw: dict[str, Any]) -> list[str]:
         (["dataset=regression"], "loss=quadratic is a function of the model's parameters"),
         (["model.init=[1.0,2.0]", "model.size=3"], "model.init has 2 values but model.size is 3"),
         (["optimizer=sgd", "optimizer.nesterov=true"], "nesterov=true needs optimizer.momentum"),
+        (
+            ["experiment=linear_regression", "loss=cross_entropy"],
+            "loss=cross_entropy is a classification loss, but dataset=regression is a regression",
+        ),
+        (
+            ["experiment=logistic_regression", "dataset.n_classes=3", "loss=bce_with_logits"],
+            "loss=bce_with_logits is binary but dataset.n_classes=3",
+        ),
+        (
+            ["experiment=logistic_regression", "dataset.n_classes=3", "model.out_features=2"],
+            "model.out_features=2 but loss=cross_entropy on 3 classes needs 3",
+        ),
+        (
+            ["experiment=linear_regression", "model=logistic"],
+            "model=logistic needs a classification",
+        ),
+        (["experiment=linear_regression", "optimizer=lbfgs"], "set dataset.batch_size=null"),
+        (["experiment=csv_regression", "dataset.target=y"], "dataset.path is required"),
+        (
+            ["dataset=classification", "dataset.shape=moons", "dataset.n_classes=3"],
+            "dataset.shape=moons needs dataset.n_features=2 and n_classes=2",
+        ),
+        (["dataset=regression", "model=vector", "loss=mse"], "model=vector takes no inputs"),
     ],
 )
 def test_bad_values_are_reported_by_key(

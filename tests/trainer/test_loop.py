@@ -26,9 +26,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.scalars: dict[str, list[tuple[int, float]]] = {}
 
-    def log_scalars(self, scalars: dict[str, float], step: int) -> None:
+    def log_scalars(self, scalars: dict[str, Any], step: int) -> None:
         for tag, value in scalars.items():
-            self.scalars.setdefault(tag, []).append((step, value))
+            self.scalars.setdefault(tag, []).append((step, float(value)))
 
     def log_text(self, tag: str, text: str) -> None:
         pass

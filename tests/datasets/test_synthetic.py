@@ -1,10 +1,10 @@
-"""The synthetic regression set and its DataLoader."""
+"""The synthetic data sets and their DataLoader."""
 
 from __future__ import annotations
 
 import torch
 
-from datasets import RegressionDataset, build_dataloader
+from datasets import ClassificationDataset, RegressionDataset, build_dataloader
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
@@ -50,3 +50,20 @@ def test_loader_without_shuffle_keeps_dataset_order() -> None:
     dataset = RegressionDataset(10, 2, seed=0)
     loader = build_dataloader(dataset, batch_size=4, shuffle=False, num_workers=0, seed=0)
     assert torch.equal(torch.cat([t for _, t in loader]), dataset.targets)
+
+
+def test_blobs_are_balanced_seeded_classes() -> None:
+    data = ClassificationDataset(300, 4, 3, shape="blobs", spread=0.5, seed=0)
+    assert data.inputs.shape == (300, 4) and data.targets.dtype == torch.int64
+    assert torch.bincount(data.targets).tolist() == [100, 100, 100]
+    assert torch.equal(data.inputs, ClassificationDataset(300, 4, 3, spread=0.5, seed=0).inputs)
+    # Each point lies nearer its own centre than the others, at this spread.
+    nearest = torch.cdist(data.inputs, data.centres).argmin(dim=1)
+    assert (nearest == data.targets).float().mean() > 0.9
+
+
+def test_moons_are_two_interleaved_half_circles() -> None:
+    data = ClassificationDataset(200, 2, 2, shape="moons", spread=0.0, seed=0)
+    upper = data.inputs[data.targets == 0]
+    assert torch.allclose(upper.norm(dim=1), torch.ones(len(upper)), atol=1e-6)
+    assert (upper[:, 1] >= 0).all()
