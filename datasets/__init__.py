@@ -6,6 +6,7 @@ package is found first.
 
 from datasets.csv_table import CsvData, DataError, load_csv
 from datasets.loaders import build_dataloader
+from datasets.samplers import EpochSampler
 from datasets.synthetic import ClassificationDataset, RegressionDataset
 from datasets.tensor import InMemoryDataset
 
@@ -13,6 +14,7 @@ __all__ = [
     "ClassificationDataset",
     "CsvData",
     "DataError",
+    "EpochSampler",
     "InMemoryDataset",
     "RegressionDataset",
     "build_dataloader",

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datasets.samplers import EpochSampler
+
 
 def keep_batch(batch: Any) -> Any:
     """Collate for datasets whose `__getitems__` already returns a whole batch."""
@@ -29,12 +31,12 @@ def build_dataloader(
     pin_memory: bool = False,
     drop_last: bool = False,
 ) -> DataLoader[Any]:
-    """A DataLoader whose order (and worker seeds) come from `seed` alone."""
+    """A DataLoader whose order comes from `seed` and the epoch alone (see `EpochSampler`)."""
     batched_fetch = hasattr(dataset, "__getitems__")
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochSampler(len(dataset), shuffle, seed),  # type: ignore[arg-type]
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=seed_worker if num_workers > 0 else None,

@@ -28,7 +28,7 @@ from trainer.config import (
     VectorModelConfig,
 )
 from trainer.errors import GradtrainError
-from trainer.loop import Trainer
+from trainer.loop import Checkpointer, StopRequest, Trainer
 from trainer.losses import LOSSES, ObjectiveLoss
 from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
@@ -49,7 +49,12 @@ class Data:
     class_names: list[str] | None = None  # classification: index -> label in the source
 
 
-def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
+def build_trainer(
+    cfg: Config,
+    sink: MetricSink,
+    checkpointer: Checkpointer | None = None,
+    stop_request: StopRequest | None = None,
+) -> Trainer:
     """Everything a run needs, built from a validated config (the seed is set by the caller)."""
     device = resolve_device(cfg.trainer.device)
     loss_fn = build_loss(cfg.loss).to(device)
@@ -66,6 +71,8 @@ def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
         sink,
         val_loader=data.val_loader,
         classification=data.n_classes is not None,
+        checkpointer=checkpointer,
+        stop_request=stop_request,
     )
     trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer._total_steps())
     return trainer
@@ -195,9 +202,9 @@ def build_optimizer(cfg: OptimizerConfig, model: nn.Module) -> torch.optim.Optim
     return OPTIMIZERS.get(cfg.name)(model.parameters(), **cfg.model_dump(exclude={"name"}))
 
 
-def build_sink(cfg: LoggerConfig, log_dir: Path) -> MetricSink:
+def build_sink(cfg: LoggerConfig, log_dir: Path, purge_step: int | None = None) -> MetricSink:
     if cfg.name == "tensorboard":
-        return TensorBoardSink(log_dir, flush_secs=cfg.flush_secs)
+        return TensorBoardSink(log_dir, flush_secs=cfg.flush_secs, purge_step=purge_step)
     return NullSink()
 
 

@@ -326,6 +326,16 @@ class TrainerConfig(StrictModel):
     grad_clip: PositiveFloat | None = None
     tolerance: NonNegativeFloat | None = None
     progress_bar: bool = True
+    # Checkpoints (<run_dir>/checkpoints): every n steps, each finished epoch, and the end.
+    save_checkpoints: bool = True
+    checkpoint_every_n_steps: PositiveInt | None = None
+    keep_checkpoints: NonNegativeInt = 2  # step_<N>.pt files kept beside last.pt
+    resume: str | None = None  # null, "auto" (last.pt of this run dir if any), or a path
+    # Non-finite loss or gradient: stop (checked on the device every step, read back at log and
+    # checkpoint steps), skip the update (reads back every step), or off.
+    on_nonfinite: Literal["stop", "skip", "off"] = "stop"
+    max_nonfinite_skips: PositiveInt = 10
+    detect_anomaly: bool = False
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:

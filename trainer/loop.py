@@ -1,14 +1,21 @@
-"""The training loop: forward, backward, gradient norm, update, log. Read `Trainer.fit` top to
-bottom; everything it owns between steps lives in `TrainState` and the objects it was given."""
+"""The training loop: forward, backward, gradient norm, update, log, checkpoint.
+
+Read `Trainer.fit` and `Trainer._train_epoch` top to bottom. Everything the loop owns between
+steps lives in `TrainState` and the objects it was given, and `Trainer.state_dict` gathers all
+of it, so a resumed run continues bit for bit.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import random
+import sys
 import time
-from collections.abc import Iterable, Sized
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Sized
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,16 +25,38 @@ from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
 
-StopReason = Literal["max_steps", "max_epochs", "tolerance"]
+StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
+
+
+class StopRequest(Protocol):
+    """Asked at every step boundary whether to stop early (e.g. a signal arrived)."""
+
+    @property
+    def requested(self) -> bool: ...
+
+
+class Checkpointer(Protocol):
+    """Where `Trainer.state_dict()` goes at checkpoint time."""
+
+    def save(self, payload: dict[str, Any], step: int) -> Any: ...
 
 
 @dataclass
 class TrainState:
-    """Where training is: the counters a checkpoint or a resumed run needs."""
+    """Where training is; device tensors stay on the device until a checkpoint or the end."""
 
     step: int = 0  # optimizer updates done so far
     epoch: int = 0  # complete passes over the training data
     batch_in_epoch: int = 0  # batches of the current epoch consumed
+    best_loss: Tensor = field(default_factory=lambda: torch.tensor(math.inf))
+    correct: Tensor = field(default_factory=lambda: torch.tensor(0))  # this epoch's right answers
+    seen: int = 0  # this epoch's samples (classification)
+    train_accuracy: float | None = None  # of the last finished (or final partial) epoch
+    last_logged_loss: float | None = None  # for trainer.tolerance
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the latest, with its "step"
+    elapsed_s: float = 0.0  # training time of earlier sessions of this run
+    nonfinite_skips: int = 0  # consecutive skipped updates (trainer.on_nonfinite=skip)
+    last_checkpoint_step: int | None = None
 
 
 @dataclass
@@ -41,7 +70,9 @@ class FitResult:
     grad_norm: float
     val_loss: float | None = None
     val_accuracy: float | None = None
-    train_accuracy: float | None = None  # over the last (possibly partial) epoch
+    train_accuracy: float | None = None
+    message: str | None = None  # why training stopped early (divergence, signal)
+    last_checkpoint_step: int | None = None
 
 
 class Trainer:
@@ -53,13 +84,16 @@ class Trainer:
             backward is then the vector-Jacobian product with a vector of ones.
         optimizer: any `torch.optim.Optimizer` (including `ManualSGD` and `LBFGS`).
         train_loader: an iterable of `(inputs, targets)` batches with a length, or None for an
-            objective of the parameters alone (each step is then one epoch).
+            objective of the parameters alone (each step is then one epoch). A sampler with
+            `set_epoch` gets the epoch number before each epoch.
         settings: the validated `trainer` config section.
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
         scheduler: stepped after every optimizer step, or None for a constant lr.
         val_loader: batches evaluated every `settings.val_every_n_epochs` epochs, or None.
         classification: count correct predictions (train/accuracy, val/accuracy).
+        checkpointer: receives `state_dict()` at checkpoint steps, or None for no checkpoints.
+        stop_request: polled at step boundaries; when set, the run checkpoints and stops.
     """
 
     def __init__(
@@ -74,6 +108,8 @@ class Trainer:
         scheduler: LRScheduler | None = None,
         val_loader: Iterable[Any] | None = None,
         classification: bool = False,
+        checkpointer: Checkpointer | None = None,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -85,120 +121,137 @@ class Trainer:
         self.scheduler = scheduler
         self.val_loader = val_loader
         self.classification = classification
+        self.checkpointer = checkpointer
+        self.stop_request = stop_request
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # LBFGS re-evaluates the loss several times per step through a closure.
         self.needs_closure = isinstance(optimizer, torch.optim.LBFGS)
+        # Per-step finiteness flags (loss, then each gradient), read back in batches.
+        self._finite_flags: list[tuple[int, Tensor]] = []
+        self._stop_reason: StopReason | None = None
+        self._message: str | None = None
+        self._objective = torch.tensor(math.nan)  # the last update's loss, on the device
+        self._grad_norm = torch.tensor(math.nan)
 
     # ---------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
         settings, state = self.settings, self.state
-        params = [p for _, p in self.named_parameters]
-        best_loss = torch.tensor(math.inf, device=self.device)
-        window_loss = torch.zeros((), device=self.device)  # loss summed over accumulated batches
-        objective = grad_norm = torch.tensor(math.nan)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)  # this epoch, on device
-        seen = 0
-        val_metrics: dict[str, float] = {}
-        train_accuracy: float | None = None
-        last_logged: float | None = None
-        stop_reason: StopReason | None = None
+        state.best_loss = state.best_loss.to(self.device)
+        state.correct = state.correct.to(self.device)
         started = time.perf_counter()
         self.model.train()
-
-        with ProgressBar(self._total_steps(), enabled=settings.progress_bar) as progress:
-            while stop_reason is None:
-                for batch in self._batches():
-                    # Forward.
-                    loss, batch_correct, batch_size = self._forward(batch)
-                    if self.classification:
-                        correct += batch_correct
-                        seen += batch_size
-                    # Backward. Gradients of several batches add up in .grad; dividing each loss
-                    # by the window makes the sum their mean, as one larger batch would give.
-                    window = self._accumulation_window()
-                    self._backward(loss / window)
-                    window_loss += self._scalar(loss.detach()) / window
-                    state.batch_in_epoch += 1
-                    if not self._update_due():
-                        continue
-
-                    is_last = self._limit_reached(step=state.step + 1) is not None
-                    log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
-
-                    # Gradient norms: one fused kernel over all parameters, only when needed.
-                    param_norms: dict[str, Tensor] = {}
-                    if log_now or settings.grad_clip is not None:
-                        param_norms = self._gradient_norms()
-                        grad_norm = torch.linalg.vector_norm(torch.stack([*param_norms.values()]))
-                        if settings.grad_clip is not None:
-                            torch.nn.utils.clip_grads_with_norm_(
-                                params, settings.grad_clip, grad_norm
-                            )
-
-                    # Update (optimizers run it under torch.no_grad()), then clear the
-                    # gradients, which backward() would otherwise keep accumulating into.
-                    lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
-                    if self.needs_closure:
-                        closure = functools.partial(self._closure, batch)
-                        self.optimizer.step(closure)  # type: ignore[arg-type]
-                    else:
-                        self.optimizer.step()
-                    self.optimizer.zero_grad()
-                    if self.scheduler is not None:
-                        self.scheduler.step()
-                    state.step += 1
-                    objective, window_loss = window_loss, torch.zeros((), device=self.device)
-                    best_loss = torch.minimum(best_loss, objective)  # stays on the device
-
-                    if log_now:
-                        # Scalars go to the sink as device tensors; it reads them back in
-                        # batches. Only the tolerance check and a visible progress bar need the
-                        # value now: the one host synchronisation, once per logging interval.
-                        self._log(objective, grad_norm, param_norms, lr)
-                        if settings.tolerance is not None or progress.visible:
-                            loss_value = objective.item()
-                            progress.show_loss(loss_value)
-                            if self._converged(last_logged, loss_value):
-                                stop_reason = "tolerance"
-                            last_logged = loss_value
-                    progress.update()
-
-                    if is_last or stop_reason is not None:
-                        stop_reason = stop_reason or self._limit_reached()
-                        break
-
+        anomaly = (
+            torch.autograd.detect_anomaly() if settings.detect_anomaly else contextlib.nullcontext()
+        )
+        progress = ProgressBar(self._total_steps(), enabled=settings.progress_bar)
+        progress.update(state.step)  # a resumed run starts part way
+        with progress, anomaly:
+            self._stop_reason = self._limit_reached()  # a resumed run may have nothing left
+            while self._stop_reason is None:
+                self._train_epoch(progress)
                 epoch_done = state.batch_in_epoch == self._batches_per_epoch()
                 if epoch_done:
                     state.epoch += 1
                     state.batch_in_epoch = 0
-                if self.classification and seen and (epoch_done or stop_reason is not None):
-                    train_accuracy = correct.item() / seen
-                    self.sink.log_scalars({"train/accuracy": train_accuracy}, step=state.step)
-                    correct.zero_()
-                    seen = 0
-                # Validate every val_every_n_epochs epochs, and at the end unless just done.
-                due = epoch_done and state.epoch % settings.val_every_n_epochs == 0
-                fresh = val_metrics.get("step") == state.step
-                if self.val_loader is not None and (due or stop_reason is not None) and not fresh:
-                    val_metrics = {"step": state.step, **self.evaluate(self.val_loader)}
-                    self.sink.log_scalars(
-                        {f"val/{k}": v for k, v in val_metrics.items() if k != "step"},
-                        step=state.step,
-                    )
+                self._end_of_epoch_metrics(epoch_done)
+                # With data, checkpoint each finished epoch; objective problems' "epochs" are
+                # single steps, checkpointed by trainer.checkpoint_every_n_steps and at the end.
+                if epoch_done and self.train_loader is not None:
+                    self._checkpoint()
+            if self._stop_reason != "diverged":
+                self._checkpoint()  # the end of the run, or the point a signal stopped it
+        state.elapsed_s += time.perf_counter() - started
+        return self._result()
 
-        return FitResult(
-            stop_reason=stop_reason,
-            steps=state.step,
-            epochs=state.epoch,
-            wall_s=time.perf_counter() - started,
-            final_loss=objective.item(),
-            best_loss=best_loss.item(),
-            grad_norm=grad_norm.item(),
-            val_loss=val_metrics.get("loss"),
-            val_accuracy=val_metrics.get("accuracy"),
-            train_accuracy=train_accuracy,
-        )
+    def _train_epoch(self, progress: ProgressBar) -> None:
+        """Steps over the rest of the current epoch, until it ends or the run must stop."""
+        settings, state = self.settings, self.state
+        params = [p for _, p in self.named_parameters]
+        window_loss = torch.zeros((), device=self.device)  # loss over accumulated batches
+
+        for batch in self._epoch_batches():
+            # Forward.
+            loss, batch_correct, batch_size = self._forward(batch)
+            if self.classification:
+                state.correct += batch_correct
+                state.seen += batch_size
+            # Backward. Gradients of several batches add up in .grad; dividing each loss by the
+            # window makes the sum their mean, as one larger batch would give.
+            window = self._accumulation_window()
+            try:
+                self._backward(loss / window)
+            except RuntimeError as error:
+                if not settings.detect_anomaly:
+                    raise
+                self._diverged(f"autograd anomaly at step {state.step + 1}: {error}")
+                return
+            window_loss += self._scalar(loss.detach()) / window
+            state.batch_in_epoch += 1
+            if not self._update_due():
+                continue
+
+            is_last = self._limit_reached(step=state.step + 1) is not None
+            log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
+
+            # Gradient norms: one fused kernel over all parameters, only when needed.
+            param_norms: dict[str, Tensor] = {}
+            if log_now or settings.grad_clip is not None or settings.on_nonfinite != "off":
+                param_norms = self._gradient_norms()
+                self._grad_norm = torch.linalg.vector_norm(torch.stack([*param_norms.values()]))
+            if settings.on_nonfinite != "off":
+                finite = torch.isfinite(torch.stack([window_loss, *param_norms.values()]))
+                if settings.on_nonfinite == "skip" and not bool(finite.all()):
+                    # Synchronises every step: the price of deciding before the update.
+                    self._skip_update(finite)
+                    window_loss = torch.zeros((), device=self.device)
+                    if self._stop_reason is not None:
+                        return
+                    continue
+                state.nonfinite_skips = 0
+                self._finite_flags.append((state.step + 1, finite))
+            if settings.grad_clip is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, settings.grad_clip, self._grad_norm)
+
+            # Update (optimizers run it under torch.no_grad()), then clear the gradients,
+            # which backward() would otherwise keep accumulating into.
+            lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
+            if self.needs_closure:
+                self.optimizer.step(functools.partial(self._closure, batch))  # type: ignore[arg-type]
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            state.step += 1
+            self._objective, window_loss = window_loss, torch.zeros((), device=self.device)
+            state.best_loss = torch.minimum(state.best_loss, self._objective)  # no sync
+
+            if log_now:
+                # Scalars go to the sink as device tensors; it reads them back in batches.
+                self._log(self._objective, self._grad_norm, param_norms, lr)
+                if settings.tolerance is not None or progress.visible:
+                    # The one host synchronisation, once per logging interval.
+                    loss_value = self._objective.item()
+                    progress.show_loss(loss_value)
+                    if self._converged(state.last_logged_loss, loss_value):
+                        self._stop_reason = "tolerance"
+                    state.last_logged_loss = loss_value
+            progress.update()
+
+            if self.stop_request is not None and self.stop_request.requested:
+                self._stop_reason = self._stop_reason or "interrupted"
+                self._message = f"stopped by a signal after step {state.step}"
+            checkpoint_due = self._checkpoint_due()
+            if log_now or checkpoint_due or is_last or self._stop_reason is not None:
+                self._check_finite()  # before anything is saved from a possibly bad step
+            if self._stop_reason == "diverged":
+                return
+            if checkpoint_due and self._stop_reason is None and not is_last:
+                self._checkpoint()
+            if is_last or self._stop_reason is not None:
+                self._stop_reason = self._stop_reason or self._limit_reached()
+                return
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -218,7 +271,84 @@ class Trainer:
             metrics["accuracy"] = total_correct.item() / max(count, 1)
         return metrics
 
+    # ------------------------------------------------------------------------ state and resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: weights, optimizer and scheduler
+        state, counters, and every random number generator the run draws from."""
+        state = self.state
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if "numpy" in sys.modules:
+            kind, keys, position, has_gauss, cached = sys.modules["numpy"].random.get_state()
+            rng["numpy"] = [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "step": state.step,
+            "epoch": state.epoch,
+            "batch_in_epoch": state.batch_in_epoch,
+            "rng": rng,
+            "running": {
+                "best_loss": state.best_loss.detach().cpu(),
+                "correct": state.correct.detach().cpu(),
+                "seen": state.seen,
+                "train_accuracy": state.train_accuracy,
+                "last_logged_loss": state.last_logged_loss,
+                "val_metrics": dict(state.val_metrics),
+                "elapsed_s": state.elapsed_s,
+                "objective": self._objective.detach().cpu(),
+                "grad_norm": self._grad_norm.detach().cpu(),
+            },
+        }
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint["scheduler"] is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        running = checkpoint["running"]
+        self.state = TrainState(
+            step=checkpoint["step"],
+            epoch=checkpoint["epoch"],
+            batch_in_epoch=checkpoint["batch_in_epoch"],
+            best_loss=running["best_loss"].to(self.device),
+            correct=running["correct"].to(self.device),
+            seen=running["seen"],
+            train_accuracy=running["train_accuracy"],
+            last_logged_loss=running["last_logged_loss"],
+            val_metrics=running["val_metrics"],
+            elapsed_s=running["elapsed_s"],
+            last_checkpoint_step=checkpoint["step"],
+        )
+        self._objective = running["objective"].to(self.device)
+        self._grad_norm = running["grad_norm"].to(self.device)
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(_as_python_random_state(rng["python"]))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "numpy" in rng:
+            import numpy
+
+            kind, keys, position, has_gauss, cached = rng["numpy"]
+            numpy.random.set_state((kind, keys.numpy(), position, has_gauss, cached))
+
     # -------------------------------------------------------------------------------- the pieces
+    def _epoch_batches(self) -> Iterator[Any]:
+        """The current epoch's batches, minus those a resumed run already consumed."""
+        if self.train_loader is None:
+            yield None
+            return
+        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(self.state.epoch)  # the order is a function of the epoch alone
+        batches = iter(self.train_loader)
+        for _ in range(self.state.batch_in_epoch):
+            next(batches)
+        yield from batches
+
     def _forward(self, batch: Any) -> tuple[Tensor, Tensor, int]:
         """The loss of one batch, how many of its predictions are right (classification), and
         its size."""
@@ -257,9 +387,6 @@ class Trainer:
         self._backward(loss)
         return self._scalar(loss.detach())
 
-    def _batches(self) -> Iterable[Any]:
-        return [None] if self.train_loader is None else self.train_loader
-
     def _batches_per_epoch(self) -> int:
         if self.train_loader is None:
             return 1
@@ -296,10 +423,12 @@ class Trainer:
         settings = self.settings
         if settings.max_steps is not None and step >= settings.max_steps:
             return "max_steps"
-        if (
-            settings.max_epochs is not None
-            and self.state.epoch + 1 >= settings.max_epochs
-            and self.state.batch_in_epoch >= self._batches_per_epoch()
+        if settings.max_epochs is not None and (
+            self.state.epoch >= settings.max_epochs
+            or (
+                self.state.epoch + 1 >= settings.max_epochs
+                and self.state.batch_in_epoch >= self._batches_per_epoch()
+            )
         ):
             return "max_epochs"
         return None
@@ -310,12 +439,82 @@ class Trainer:
             return False
         return abs(current - previous) < tolerance
 
+    def _checkpoint_due(self) -> bool:
+        every = self.settings.checkpoint_every_n_steps
+        return every is not None and self.state.step % every == 0
+
+    def _checkpoint(self) -> None:
+        if self.checkpointer is None or self.state.last_checkpoint_step == self.state.step:
+            return
+        self.sink.flush()  # the event file holds every step the checkpoint covers
+        self.checkpointer.save(self.state_dict(), self.state.step)
+        self.state.last_checkpoint_step = self.state.step
+
+    def _end_of_epoch_metrics(self, epoch_done: bool) -> None:
+        """train/accuracy of the epoch, and validation when it is due or the run ends."""
+        state, ending = self.state, self._stop_reason is not None
+        if self.classification and state.seen and (epoch_done or ending):
+            state.train_accuracy = state.correct.item() / state.seen
+            self.sink.log_scalars({"train/accuracy": state.train_accuracy}, step=state.step)
+            state.correct.zero_()
+            state.seen = 0
+        due = epoch_done and state.epoch % self.settings.val_every_n_epochs == 0
+        fresh = state.val_metrics.get("step") == state.step
+        if self.val_loader is not None and (due or ending) and not fresh:
+            if self._stop_reason == "diverged":
+                return
+            state.val_metrics = {"step": state.step, **self.evaluate(self.val_loader)}
+            self.sink.log_scalars(
+                {f"val/{k}": v for k, v in state.val_metrics.items() if k != "step"},
+                step=state.step,
+            )
+
+    # ------------------------------------------------------------------------- non-finite values
     def _gradient_norms(self) -> dict[str, Tensor]:
         """L2 norm of each parameter's gradient, from one fused kernel (no loop of norms)."""
         names = [n for n, p in self.named_parameters if p.grad is not None]
         grads = [p.grad for _, p in self.named_parameters if p.grad is not None]
         return dict(zip(names, torch._foreach_norm(grads), strict=True))
 
+    def _tensor_names(self) -> list[str]:
+        """What each finiteness flag is about: the loss, then each gradient."""
+        with_grad = [n for n, p in self.named_parameters if p.grad is not None]
+        return ["loss"] + [f"the gradient of parameter '{n}'" for n in with_grad]
+
+    def _check_finite(self) -> None:
+        """Read the finiteness flags recorded since the last check (one transfer) and stop at
+        the first step with a non-finite loss or gradient."""
+        if not self._finite_flags:
+            return
+        steps = [step for step, _ in self._finite_flags]
+        flags = torch.stack([f for _, f in self._finite_flags]).cpu()  # (steps, 1 + params)
+        self._finite_flags.clear()
+        bad_rows = (~flags.all(dim=1)).nonzero()
+        if len(bad_rows) == 0:
+            return
+        row = int(bad_rows[0])
+        culprit = self._tensor_names()[int((~flags[row]).nonzero()[0])]
+        self._diverged(f"non-finite {culprit} at step {steps[row]}")
+
+    def _skip_update(self, finite: Tensor) -> None:
+        """trainer.on_nonfinite=skip: drop this update, keep the step count where it was."""
+        self.optimizer.zero_grad()
+        self.state.nonfinite_skips += 1
+        culprit = self._tensor_names()[int((~finite.cpu()).nonzero()[0])]
+        if self.state.nonfinite_skips > self.settings.max_nonfinite_skips:
+            self._diverged(
+                f"non-finite {culprit} in {self.state.nonfinite_skips} consecutive updates "
+                f"after step {self.state.step} (trainer.max_nonfinite_skips="
+                f"{self.settings.max_nonfinite_skips})"
+            )
+
+    def _diverged(self, what: str) -> None:
+        self._stop_reason = "diverged"
+        last = self.state.last_checkpoint_step
+        kept = f"the last checkpoint is from step {last}" if last is not None else "no checkpoint"
+        self._message = f"Training diverged: {what}; {kept}."
+
+    # ------------------------------------------------------------------------------- reporting
     def _log(
         self, loss: Tensor, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float
     ) -> None:
@@ -324,3 +523,27 @@ class Trainer:
             scalars[f"train/grad_norm/{name}"] = norm
         scalars["optim/lr"] = lr
         self.sink.log_scalars(scalars, step=self.state.step)
+
+    def _result(self) -> FitResult:
+        assert self._stop_reason is not None
+        state = self.state
+        return FitResult(
+            stop_reason=self._stop_reason,
+            steps=state.step,
+            epochs=state.epoch,
+            wall_s=state.elapsed_s,
+            final_loss=self._objective.item(),
+            best_loss=state.best_loss.item(),
+            grad_norm=self._grad_norm.item(),
+            val_loss=state.val_metrics.get("loss"),
+            val_accuracy=state.val_metrics.get("accuracy"),
+            train_accuracy=state.train_accuracy,
+            message=self._message,
+            last_checkpoint_step=state.last_checkpoint_step,
+        )
+
+
+def _as_python_random_state(saved: Any) -> tuple[Any, ...]:
+    """`random.getstate()` is (version, tuple of ints, gauss); a checkpoint may hold lists."""
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)

@@ -21,9 +21,9 @@ class ProgressBar:
     def visible(self) -> bool:
         return self._bar is not None
 
-    def update(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
+    def update(self, steps: int = 1) -> None:
+        if self._bar is not None and steps:
+            self._bar.update(steps)
 
     def show_loss(self, loss: float) -> None:
         if self._bar is not None:

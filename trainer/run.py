@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,37 +17,71 @@ from typing import Any
 import torch
 
 from trainer.build import build_sink, build_trainer
+from trainer.checkpoint import LAST, CheckpointError, CheckpointWriter, load_checkpoint
 from trainer.config import Config, validate_config
 from trainer.errors import GradtrainError
 from trainer.files import write_json_atomic
 from trainer.loop import FitResult
 from trainer.models import VectorModel
+from trainer.signals import SignalStop
 from trainer.sinks import HParamValue
 
 log = logging.getLogger("gradtrain")
 
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingDiverged(GradtrainError):
+    """The loss or a gradient became non-finite; the summary and last checkpoint are kept."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(GradtrainError):
+    """A signal stopped the run after a checkpoint; resume with trainer.resume=auto."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention for "killed by signal"
 
 
 def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train as `raw_config` says, writing logs and `summary.json` into `run_dir`.
+    """Train as `raw_config` says, writing logs, checkpoints and `summary.json` into `run_dir`.
 
     Returns the summary. Raises ConfigError (invalid config) or GradtrainError (a problem the
-    user can fix) before anything is written.
+    user can fix) before anything is written; TrainingDiverged or TrainingInterrupted after
+    writing the summary of a run that stopped early.
     """
     cfg = validate_config(raw_config)
-    _refuse_to_overwrite(run_dir)
+    resume_from = _resume_path(cfg.trainer.resume, run_dir)
+    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    if checkpoint is None:
+        _refuse_to_overwrite(run_dir)
     seed_everything(cfg.seed)
-    sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR)
+    checkpointer = (
+        CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
+        if cfg.trainer.save_checkpoints
+        else None
+    )
+    resumed_step = checkpoint["step"] if checkpoint is not None else None
+    sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=resumed_step)
+    stop = SignalStop()
     try:
-        trainer = build_trainer(cfg, sink)
-        sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
+        trainer = build_trainer(cfg, sink, checkpointer=checkpointer, stop_request=stop)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint)
+            log.info("Resuming from %s at step %d.", resume_from, resumed_step)
+        else:
+            sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         try:
-            result = trainer.fit()
+            with stop:
+                result = trainer.fit()
         except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             error = f"{type(exc).__name__}: {exc}"
-            failed = {"status": "failed", "error": error, "steps": trainer.state.step}
+            failed = {"status": status, "error": error, "steps": trainer.state.step}
             write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
         summary = _summary(cfg, result, trainer.model, run_dir)
@@ -59,7 +94,21 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         sink.close()
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     log.info(format_summary(summary))
+    if result.stop_reason == "diverged":
+        raise TrainingDiverged(f"{result.message} {_lr_hint(cfg)}")
+    if result.stop_reason == "interrupted":
+        assert stop.signal_number is not None
+        raise TrainingInterrupted(
+            f"{result.message}; checkpoint saved. Continue with the same command plus "
+            f"trainer.resume=auto hydra.run.dir={run_dir}",
+            stop.signal_number,
+        )
     return summary
+
+
+def _lr_hint(cfg: Config) -> str:
+    lr = cfg.optimizer.lr
+    return f"Lower the learning rate (optimizer.lr={lr:g}; try optimizer.lr={lr / 10:g})."
 
 
 def seed_everything(seed: int) -> None:
@@ -67,19 +116,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / CHECKPOINT_DIR / LAST
+        return last if last.exists() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file")
+    return path
+
+
 def _refuse_to_overwrite(run_dir: Path) -> None:
-    if (run_dir / SUMMARY_FILE).exists():
-        raise GradtrainError(
-            f"{run_dir} already holds a finished run ({SUMMARY_FILE}); gradtrain will not "
-            "overwrite it. Choose another hydra.run.dir, or leave it unset for a fresh folder."
-        )
+    for earlier in (run_dir / SUMMARY_FILE, run_dir / CHECKPOINT_DIR / LAST):
+        if earlier.exists():
+            raise GradtrainError(
+                f"{run_dir} already holds a run ({earlier.relative_to(run_dir)}); gradtrain "
+                "will not overwrite it. Add trainer.resume=auto to continue it, or choose "
+                "another hydra.run.dir (leave it unset for a fresh folder)."
+            )
 
 
 def _summary(
     cfg: Config, result: FitResult, model: torch.nn.Module, run_dir: Path
 ) -> dict[str, Any]:
+    status = {"diverged": "diverged", "interrupted": "interrupted"}.get(
+        result.stop_reason, "completed"
+    )
     summary: dict[str, Any] = {
-        "status": "completed",
+        "status": status,
         "stop_reason": result.stop_reason,
         "final_loss": result.final_loss,
         "best_loss": result.best_loss,
@@ -94,20 +160,38 @@ def _summary(
             summary[key] = getattr(result, key)
     if isinstance(model, VectorModel):
         summary["params"] = model.x.detach().cpu().tolist()
+    if result.message is not None:
+        summary["message"] = result.message
+    summary["last_checkpoint_step"] = result.last_checkpoint_step
     summary["run_dir"] = str(run_dir)
     if cfg.logger.name == "tensorboard":
         summary["tensorboard_dir"] = str(run_dir / TENSORBOARD_DIR)
-    return summary
+    return _json_safe(summary)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
+    def number(key: str, spec: str) -> str:
+        value = summary.get(key)
+        return "non-finite" if value is None else format(value, spec)
+
     lines = [
-        f"Finished in {summary['wall_s']:.2f} s: {summary['steps']} steps "
-        f"({summary['steps_per_s']:.0f} steps/s), {summary['epochs']} epochs, "
-        f"stopped at {summary['stop_reason']}.",
-        f"  final loss  {summary['final_loss']:.8g}",
-        f"  best loss   {summary['best_loss']:.8g}",
-        f"  grad norm   {summary['grad_norm']:.3g}",
+        f"{summary['status'].capitalize()} after {summary['wall_s']:.2f} s: "
+        f"{summary['steps']} steps ({number('steps_per_s', '.0f')} steps/s), "
+        f"{summary['epochs']} epochs, stopped at {summary['stop_reason']}.",
+        f"  final loss  {number('final_loss', '.8g')}",
+        f"  best loss   {number('best_loss', '.8g')}",
+        f"  grad norm   {number('grad_norm', '.3g')}",
     ]
     for key, label in (
         ("val_loss", "val loss"),
@@ -115,11 +199,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ("val_accuracy", "val acc"),
     ):
         if key in summary:
-            lines.append(f"  {label:<11} {summary[key]:.6g}")
+            lines.append(f"  {label:<11} {number(key, '.6g')}")
     if "params" in summary:
-        shown = ", ".join(f"{v:.6g}" for v in summary["params"][:10])
-        more = ", ..." if len(summary["params"]) > 10 else ""
-        lines.append(f"  x           [{shown}{more}]")
+        values = summary["params"]
+        shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])
+        lines.append(f"  x           [{shown}{', ...' if len(values) > 10 else ''}]")
     if "tensorboard_dir" in summary:
         lines.append(f"  logs        {summary['tensorboard_dir']}")
     lines.append(f"  summary     {Path(summary['run_dir']) / SUMMARY_FILE}")

@@ -28,6 +28,10 @@ class MetricSink(Protocol):
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
     ) -> None: ...
 
+    def flush(self) -> None:
+        """Make everything logged so far durable (called before each checkpoint)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -45,6 +49,9 @@ class NullSink:
     ) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -52,11 +59,15 @@ class NullSink:
 class TensorBoardSink:
     """Writes one event file per run under `log_dir`."""
 
-    def __init__(self, log_dir: Path, flush_secs: int = 30) -> None:
+    def __init__(self, log_dir: Path, flush_secs: int = 30, purge_step: int | None = None) -> None:
+        """`purge_step`: a resumed run's first new step; TensorBoard then drops the events an
+        interrupted session wrote from that step on, so no step appears twice."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
-        self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+        self.writer: SummaryWriter = SummaryWriter(
+            log_dir=str(log_dir), flush_secs=flush_secs, purge_step=purge_step
+        )
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
         for tag, value in scalars.items():
@@ -77,6 +88,9 @@ class TensorBoardSink:
         for summary in (experiment, session_start, session_end):
             file_writer.add_summary(summary, global_step=step)
         self.log_scalars(metrics, step)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -168,6 +168,6 @@ def test_a_finished_run_is_never_overwritten(composed: Compose, tmp_path: Path) 
 
     run(composed("logger=none"), tmp_path)
     before = (tmp_path / "summary.json").read_bytes()
-    with pytest.raises(GradtrainError, match="already holds a finished run"):
+    with pytest.raises(GradtrainError, match="already holds a run"):
         run(composed("logger=none", "optimizer.lr=0.5"), tmp_path)
     assert (tmp_path / "summary.json").read_bytes() == before
