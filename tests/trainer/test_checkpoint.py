@@ -1,0 +1,298 @@
+"""Checkpoint files, exact resume, and what happens when values stop being finite."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_loop import RecordingSink
+
+from trainer.build import build_trainer
+from trainer.checkpoint import (
+    LAST,
+    CheckpointError,
+    CheckpointWriter,
+    load_checkpoint,
+    save_checkpoint,
+)
+from trainer.config import validate_config
+from trainer.loop import Trainer
+from trainer.run import TrainingDiverged, run, seed_everything
+
+Compose = Callable[..., dict[str, Any]]
+
+
+class StopAtStep:
+    """A stop request that fires once the trainer reaches `step`, as a signal would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.trainer: Trainer | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.trainer is not None and self.trainer.state.step >= self.step
+
+
+def make_trainer(raw: dict[str, Any], directory: Path, stop: StopAtStep | None = None) -> Trainer:
+    cfg = validate_config(raw)
+    seed_everything(cfg.seed)
+    trainer = build_trainer(
+        cfg, RecordingSink(), checkpointer=CheckpointWriter(directory, keep=2), stop_request=stop
+    )
+    if stop is not None:
+        stop.trainer = trainer
+    return trainer
+
+
+def assert_same_state(a: Trainer, b: Trainer) -> None:
+    for (name, p), (_, q) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    optim_a, optim_b = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert optim_a.keys() == optim_b.keys()
+    for key in optim_a:
+        for field_name, value in optim_a[key].items():
+            other = optim_b[key][field_name]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), field_name
+    assert a.state.step == b.state.step and a.state.epoch == b.state.epoch
+
+
+RESUME_CASES = {
+    "shuffled sgd momentum, step lr, mid-epoch": [
+        "experiment=linear_regression",
+        "optimizer.momentum=0.9",
+        "scheduler=step",
+        "scheduler.step_size=7",
+        "trainer.max_epochs=3",
+    ],
+    "adam mlp with dropout, cosine, accumulation": [
+        "experiment=mlp_classification",
+        "model.dropout=0.2",
+        "scheduler=cosine",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.max_epochs=4",
+    ],
+    "two loader workers": [
+        "experiment=linear_regression",
+        "dataset.num_workers=2",
+        "dataset.n_samples=640",
+        "trainer.max_epochs=3",
+    ],
+    "objective problem with adam": ["experiment=rosenbrock", "trainer.max_steps=60"],
+}
+
+
+@pytest.mark.parametrize("overrides", RESUME_CASES.values(), ids=RESUME_CASES.keys())
+@pytest.mark.parametrize("stop_at", [5, 23])
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
+    composed: Compose, tmp_path: Path, overrides: list[str], stop_at: int
+) -> None:
+    raw = composed("logger=none", *overrides)
+    straight = make_trainer(raw, tmp_path / "straight")
+    straight.fit()
+
+    stop = StopAtStep(stop_at)
+    first = make_trainer(raw, tmp_path / "resumed", stop)
+    assert first.fit().stop_reason == "interrupted"
+    checkpoint = load_checkpoint(tmp_path / "resumed" / LAST)
+    assert checkpoint["step"] == stop_at
+    second = make_trainer(raw, tmp_path / "resumed")
+    second.load_state_dict(checkpoint)
+    result = second.fit()
+    assert result.stop_reason != "interrupted"
+    assert_same_state(straight, second)
+    assert second.state.best_loss == straight.state.best_loss
+
+
+def test_checkpoint_holds_what_exact_resume_needs(composed: Compose, tmp_path: Path) -> None:
+    trainer = make_trainer(
+        composed("experiment=linear_regression", "logger=none", "trainer.max_steps=5"), tmp_path
+    )
+    trainer.fit()
+    checkpoint = load_checkpoint(tmp_path / LAST)
+    assert {"model", "optimizer", "scheduler", "step", "epoch", "batch_in_epoch", "rng"} <= set(
+        checkpoint
+    )
+    assert checkpoint["format_version"] == 1
+    assert {"torch", "python"} <= set(checkpoint["rng"])
+    assert checkpoint["step"] == 5 and checkpoint["batch_in_epoch"] == 5
+
+
+def test_checkpoints_every_n_steps_keep_the_newest(composed: Compose, tmp_path: Path) -> None:
+    trainer = make_trainer(
+        composed("logger=none", "trainer.max_steps=50", "trainer.checkpoint_every_n_steps=10"),
+        tmp_path,
+    )
+    trainer.fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST, "step_40.pt", "step_50.pt"]
+    assert load_checkpoint(tmp_path / "step_40.pt")["step"] == 40
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / LAST
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(3)}})
+
+    def crash_half_way(obj: Any, file: Any, **kwargs: Any) -> None:
+        file.write(b"PK\x03\x04 partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "model": Exploit(marker)}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with path.open("rb") as file:  # the file really does carry the payload
+        assert b"touch" in file.read() or pickle.HIGHEST_PROTOCOL
+
+
+def test_truncated_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / LAST
+    save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(1000)}})
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a gradtrain checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_resume_auto_in_a_fresh_dir_starts_fresh_and_a_missing_path_is_an_error(
+    composed: Compose, tmp_path: Path
+) -> None:
+    summary = run(composed("logger=none", "trainer.resume=auto"), tmp_path / "fresh")
+    assert summary["status"] == "completed" and summary["steps"] == 200
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        run(composed("logger=none", f"trainer.resume={tmp_path}/nope.pt"), tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_resume_auto_continues_a_finished_run_with_a_larger_budget(
+    composed: Compose, tmp_path: Path
+) -> None:
+    run(composed("logger=none", "trainer.max_steps=20"), tmp_path)
+    summary = run(composed("logger=none", "trainer.max_steps=30", "trainer.resume=auto"), tmp_path)
+    assert summary["steps"] == 30
+
+
+# ---------------------------------------------------------------------------- non-finite values
+def test_lecture_quadratic_with_lr_10_diverges_with_a_hint(
+    composed: Compose, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingDiverged) as caught:
+        run(composed("logger=none", "optimizer.lr=10"), tmp_path)
+    message = str(caught.value)
+    assert "non-finite loss at step" in message and "optimizer.lr=1" in message
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["final_loss"] is None
+
+
+def test_divergence_names_the_first_bad_step_even_between_log_steps(
+    composed: Compose, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 16;"):
+        run(composed("logger=none", "optimizer.lr=10", "trainer.log_every_n_steps=50"), tmp_path)
+
+
+def test_divergence_keeps_the_checkpoint_from_before_the_bad_step(
+    composed: Compose, tmp_path: Path
+) -> None:
+    # The loss first overflows at step 16 (x**2 of a finite x); step 15's weights are finite.
+    with pytest.raises(TrainingDiverged, match="step 16; the last checkpoint is from step 15"):
+        run(
+            composed(
+                "logger=none",
+                "optimizer.lr=10",
+                "trainer.checkpoint_every_n_steps=5",
+                "trainer.log_every_n_steps=50",
+            ),
+            tmp_path,
+        )
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / LAST)
+    assert checkpoint["step"] == 15
+    assert torch.isfinite(checkpoint["model"]["x"]).all()
+
+
+def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path) -> None:
+    from trainer.config import TrainerConfig
+    from trainer.models import VectorModel
+    from trainer.optim import ManualSGD
+
+    class SqrtLoss(torch.nn.Module):
+        def forward(self, x: torch.Tensor, target: None = None) -> torch.Tensor:
+            return x.abs().sqrt().sum()  # finite at 0, but its gradient there is infinite
+
+    model = VectorModel([0.0, 1.0])
+    trainer = Trainer(
+        model,
+        SqrtLoss(),
+        ManualSGD(model.parameters(), lr=0.1),
+        None,
+        TrainerConfig(max_steps=5),
+        torch.device("cpu"),
+        RecordingSink(),
+    )
+    result = trainer.fit()
+    assert result.stop_reason == "diverged"
+    assert "non-finite the gradient of parameter 'x' at step 1" in (result.message or "")
+
+
+def test_skip_drops_bad_updates_and_gives_up_after_the_limit(composed: Compose) -> None:
+    raw = composed(
+        "logger=none",
+        "optimizer.lr=10",
+        "trainer.on_nonfinite=skip",
+        "trainer.max_nonfinite_skips=3",
+    )
+    trainer = make_trainer(raw, Path("/nonexistent-unused"))
+    trainer.checkpointer = None
+    result = trainer.fit()
+    assert result.stop_reason == "diverged"
+    assert "4 consecutive updates after step 15" in (result.message or "")
+    assert result.steps == 15  # skipped updates do not count as steps
+
+
+def test_detect_anomaly_names_the_backward_op(composed: Compose, tmp_path: Path) -> None:
+    with pytest.raises(
+        TrainingDiverged, match=r"autograd anomaly at step \d+: Function '\w+Backward"
+    ):
+        run(
+            composed(
+                "logger=none",
+                "optimizer.lr=10",
+                "trainer.detect_anomaly=true",
+                "trainer.on_nonfinite=off",
+                "trainer.max_steps=100",
+            ),
+            tmp_path,
+        )
