@@ -66,7 +66,10 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         else None
     )
     resumed_step = checkpoint["step"] if checkpoint is not None else None
-    sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=resumed_step)
+    # Steps after the checkpoint's are redone; TensorBoard drops what the killed session logged
+    # for them, keeping the checkpoint's own step.
+    purge_step = resumed_step + 1 if resumed_step is not None else None
+    sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=purge_step)
     stop = SignalStop()
     try:
         trainer = build_trainer(cfg, sink, checkpointer=checkpointer, stop_request=stop)
