@@ -180,6 +180,7 @@ class Config(StrictModel):
     optimizer: OptimizerConfig
     trainer: TrainerConfig = TrainerConfig()
     logger: LoggerConfig = TensorBoardLoggerConfig(name="tensorboard")
+    explain: bool = False  # before training, show autograd at work on it (trainer/explain.py)
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> Config:
