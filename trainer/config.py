@@ -162,6 +162,10 @@ class TrainerConfig(StrictModel):
 class TensorBoardLoggerConfig(StrictModel):
     name: Literal["tensorboard"]
     flush_secs: PositiveInt = 30
+    # The optimizer's path as an image: on the loss landscape for 1 or 2 parameters, else on the
+    # path's two principal directions. Needs matplotlib; without it the run goes on without.
+    figures: bool = True
+    figure_every_n_steps: PositiveInt | None = None  # null: one figure, at the end of the run
 
 
 class NoLoggerConfig(StrictModel):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
+from trainer.trajectory import Trajectory
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance"]
 
@@ -53,6 +54,8 @@ class Trainer:
         settings: the validated `trainer` config section.
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
+        trajectory: if given, records the parameters at the start and at logging steps (for
+            figures of the path).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Trainer:
         settings: TrainerConfig,
         device: torch.device,
         sink: MetricSink,
+        trajectory: Trajectory | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -72,6 +76,7 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.sink = sink
+        self.trajectory = trajectory
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -87,6 +92,8 @@ class Trainer:
         stop_reason: StopReason | None = None
         started = time.perf_counter()
         self.model.train()
+        if self.trajectory is not None:
+            self.trajectory.record(state.step, params)  # where the path starts
 
         with ProgressBar(self._total_steps(), enabled=settings.progress_bar) as progress:
             while stop_reason is None:
@@ -128,6 +135,8 @@ class Trainer:
                         loss_value = objective.item()
                         history.append((state.step, loss_value))
                         self._log(loss_value, grad_norm, param_norms)
+                        if self.trajectory is not None:
+                            self.trajectory.record(state.step, params)
                         progress.show_loss(loss_value)
                         if self._converged(last_logged, loss_value):
                             stop_reason = "tolerance"

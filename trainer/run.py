@@ -19,6 +19,7 @@ from trainer.build import build_sink, build_trainer
 from trainer.config import Config, validate_config
 from trainer.errors import GradientCheckError, GradtrainError
 from trainer.explain import explain, explain_batch
+from trainer.figures import TrajectoryFigures
 from trainer.files import write_atomic, write_json_atomic
 from trainer.loop import FitResult, Trainer
 from trainer.models import VectorModel
@@ -45,6 +46,9 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         trainer = build_trainer(cfg, sink)
         sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         gradient_check = _explain(trainer, sink, run_dir) if cfg.explain else None
+        figures = TrajectoryFigures.for_run(cfg, trainer, sink)
+        if figures is not None:
+            trainer.trajectory = figures.trajectory
         try:
             result = trainer.fit()
         except BaseException as exc:
@@ -55,6 +59,8 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         summary = _summary(cfg, result, trainer.model, run_dir)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
+        if figures is not None:
+            figures.finish(result.steps, run_dir)
         sink.log_hparams(
             flatten_hparams(raw_config),
             {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
