@@ -212,3 +212,18 @@ def test_sweep_of_optimizers_on_rosenbrock_draws_one_figure(
     assert all((sweep / job / "trajectory.json").exists() for job in jobs)
     assert decode((sweep / "trajectories.png").read_bytes()) == (640, 480)
     assert str(sweep / "trajectories.png") in result.output
+
+
+def test_figure_settings_are_validated_with_the_rest_of_the_config(composed: Compose) -> None:
+    from trainer.config import validate_config
+    from trainer.errors import ConfigError
+
+    cfg = validate_config(composed())
+    assert cfg.logger.name == "tensorboard"
+    assert cfg.logger.figures is True and cfg.logger.figure_every_n_steps is None
+    with pytest.raises(ConfigError) as caught:
+        validate_config(composed("logger.figure_every_n_steps=0", "+logger.figurez=1"))
+    assert sorted(problem.split(":")[0] for problem in caught.value.problems) == [
+        "logger.figure_every_n_steps",
+        "logger.figurez",
+    ]
