@@ -127,7 +127,8 @@ def explain(model: nn.Module, loss_fn: nn.Module, batch: Any, lr: float = 0.1) -
     devices = [p.device.index or 0 for _, p in named if p.device.type == "cuda"][:1]
     try:
         # Dropout in the forward pass would draw random numbers: give them back afterwards.
-        with torch.random.fork_rng(devices=devices):
+        # Grad mode is on even if the caller turned it off: the graph is what is shown.
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
             return _explain(model, loss_fn, batch, named, lr)
     finally:
         for (_, p), grad in zip(named, saved_grads, strict=True):
@@ -172,22 +173,24 @@ def _explain(
     graph = walk_backward_graph(loss, dict(named))
     vjp = _vector_jacobian_product(model, loss_fn, batch, loss, params) if loss.dim() else None
 
-    # Backward, as the training loop does it; then once more without zeroing in between.
+    # Backward, as the training loop does it; then once more without zeroing in between. A
+    # parameter the loss does not use gets no gradient at all (.grad stays None).
     _backward(loss)
-    after_one = [p.grad.detach().clone() for p in params if p.grad is not None]
+    after_one = {i: p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None}
     _backward(compute_loss(model, loss_fn, batch))
-    after_two = [p.grad.detach().clone() for p in params if p.grad is not None]
+    after_two = {i: p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None}
+    if not after_one:
+        raise ValueError("backward reached none of the model's parameters")
+    shown = min(after_one)
     accumulation = Accumulation(
-        parameter=named[0][0],
-        size=params[0].numel(),
-        after_one=_shown(after_one[0]),
-        after_two=_shown(after_two[0]),
-        max_error=max(
-            (b - 2 * a).abs().max().item() for a, b in zip(after_one, after_two, strict=True)
-        ),
+        parameter=named[shown][0],
+        size=params[shown].numel(),
+        after_one=_shown(after_one[shown]),
+        after_two=_shown(after_two[shown]),
+        max_error=max((after_two[i] - 2 * one).abs().max().item() for i, one in after_one.items()),
     )
-    for p, grad in zip(params, after_one, strict=True):
-        p.grad = grad  # what zero_grad() and one backward() leave, for the update below
+    for i, p in enumerate(params):
+        p.grad = after_one.get(i)  # what zero_grad() and one backward() leave, for the update
 
     return ExplainReport(
         loss=TensorFacts.of("loss", loss),
@@ -198,9 +201,9 @@ def _explain(
         vjp=vjp,
         gradient_check=check,
         analytic_note=_first_line(analytic.__doc__) if analytic is not None else None,
-        update=_no_grad_update(named, lr),
+        update=_no_grad_update(named, named[shown], lr),
         accumulation=accumulation,
-        detach_vs_no_grad=_detach_vs_no_grad(model, loss_fn, batch, named[0]),
+        detach_vs_no_grad=_detach_vs_no_grad(model, loss_fn, batch, named[shown]),
     )
 
 
@@ -243,19 +246,21 @@ def _vector_jacobian_product(
     )
 
 
-def _no_grad_update(named: Sequence[tuple[str, Tensor]], lr: float) -> NoGradUpdate:
-    name, first = named[0]
-    assert first.grad is not None
+def _no_grad_update(
+    named: Sequence[tuple[str, Tensor]], shown: tuple[str, Tensor], lr: float
+) -> NoGradUpdate:
+    saved = [p.detach().clone() for _, p in named]
+    name, parameter = shown
+    grad = parameter.grad
+    assert grad is not None
+    x = _symbol(name)
     try:
-        first -= lr * first.grad  # with grad enabled: refused before anything is written
+        parameter.sub_(lr * grad)  # `x -= lr * x.grad` with grad enabled: refused, nothing written
         in_place_error = "(no error)"
     except RuntimeError as error:
         in_place_error = str(error).splitlines()[0].rstrip(".")
-    out_of_place = TensorFacts.of(
-        f"{_symbol(name)} - lr * {_symbol(name)}.grad", first - lr * first.grad
-    )
+    out_of_place = TensorFacts.of(f"{x} - lr * {x}.grad", parameter - lr * grad)
 
-    saved = [p.detach().clone() for _, p in named]
     with torch.no_grad():
         for _, p in named:
             if p.grad is not None:

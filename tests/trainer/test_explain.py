@@ -178,6 +178,27 @@ def test_explain_leaves_parameters_gradients_and_random_state_as_they_were() -> 
     assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws were given back
 
 
+class LinearWithSpareParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare = nn.Parameter(torch.ones(2))  # never used by forward: it gets no gradient
+        self.linear = nn.Linear(3, 1)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.linear(inputs).squeeze(-1)
+
+
+def test_explain_shows_the_graph_even_under_no_grad_and_with_an_unused_parameter() -> None:
+    model = LinearWithSpareParameter()
+    with torch.no_grad():
+        report = explain(model, MSELoss(), (torch.randn(4, 3), torch.randn(4)))
+    assert report.graph.leaves() == ["linear.bias", "linear.weight"]
+    assert report.accumulation.parameter == "linear.weight"
+    assert report.gradient_check.passed  # the spare parameter's gradient is 0 both ways
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.spare, torch.ones(2))
+
+
 def test_report_shows_the_vector_jacobian_product_of_a_vector_loss() -> None:
     report = explain(VectorModel(LECTURE_X), QuadraticLoss(reduction="none"), None)
     assert report.vjp is not None and report.vjp.loss_shape == (5,)
