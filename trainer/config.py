@@ -347,6 +347,10 @@ class TrainerConfig(StrictModel):
 class TensorBoardLoggerConfig(StrictModel):
     name: Literal["tensorboard"]
     flush_secs: PositiveInt = 30
+    # The optimizer's path as an image: on the loss landscape for 1 or 2 parameters, else on the
+    # path's two principal directions. Needs matplotlib; without it the run goes on without.
+    figures: bool = True
+    figure_every_n_steps: PositiveInt | None = None  # null: one figure, at the end of the run
 
 
 class NoLoggerConfig(StrictModel):
@@ -366,6 +370,7 @@ class Config(StrictModel):
     scheduler: SchedulerConfig = NoSchedulerConfig(name="none")
     trainer: TrainerConfig = TrainerConfig()
     logger: LoggerConfig = TensorBoardLoggerConfig(name="tensorboard")
+    explain: bool = False  # before training, show autograd at work on it (trainer/explain.py)
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> Config:

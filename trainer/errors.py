@@ -19,3 +19,8 @@ class ConfigError(GradtrainError):
         count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         body = "\n".join(f"  - {problem}" for problem in problems)
         super().__init__(f"Invalid configuration ({count}):\n{body}")
+
+
+class GradientCheckError(GradtrainError):
+    """explain=true found autograd's gradient and a reference further apart than the stated
+    tolerance: training on that gradient would not be trustworthy."""

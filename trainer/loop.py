@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
+from trainer.trajectory import Trajectory
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
 
@@ -94,6 +95,8 @@ class Trainer:
         classification: count correct predictions (train/accuracy, val/accuracy).
         checkpointer: receives `state_dict()` at checkpoint steps, or None for no checkpoints.
         stop_request: polled at step boundaries; when set, the run checkpoints and stops.
+        trajectory: if given, records the parameters at the start and at logging steps (for
+            figures of the path).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class Trainer:
         classification: bool = False,
         checkpointer: Checkpointer | None = None,
         stop_request: StopRequest | None = None,
+        trajectory: Trajectory | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -123,6 +127,7 @@ class Trainer:
         self.classification = classification
         self.checkpointer = checkpointer
         self.stop_request = stop_request
+        self.trajectory = trajectory
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # LBFGS re-evaluates the loss several times per step through a closure.
@@ -141,6 +146,8 @@ class Trainer:
         state.correct = state.correct.to(self.device)
         started = time.perf_counter()
         self.model.train()
+        if self.trajectory is not None:
+            self.trajectory.record(state.step, [p for _, p in self.named_parameters])  # the start
         anomaly = (
             torch.autograd.detect_anomaly() if settings.detect_anomaly else contextlib.nullcontext()
         )
@@ -230,6 +237,8 @@ class Trainer:
             if log_now:
                 # Scalars go to the sink as device tensors; it reads them back in batches.
                 self._log(self._objective, self._grad_norm, param_norms, lr)
+                if self.trajectory is not None:
+                    self.trajectory.record(state.step, params)
                 if settings.tolerance is not None or progress.visible:
                     # The one host synchronisation, once per logging interval.
                     loss_value = self._objective.item()

@@ -81,6 +81,8 @@ class RosenbrockLoss(nn.Module):
         return ((self.a - head) ** 2 + self.b * (tail - head**2) ** 2).sum()
 
     def analytic_gradient(self, x: Tensor) -> Tensor:
+        """d/dx_i = -2(a - x_i) - 4b x_i (x_{i+1} - x_i**2) + 2b (x_i - x_{i-1}**2), each term
+        where its neighbour exists."""
         head, tail = x[:-1], x[1:]
         valley = tail - head**2
         gradient = torch.zeros_like(x)

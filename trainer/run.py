@@ -19,16 +19,19 @@ import torch
 from trainer.build import build_sink, build_trainer
 from trainer.checkpoint import LAST, CheckpointError, CheckpointWriter, load_checkpoint
 from trainer.config import Config, validate_config
-from trainer.errors import GradtrainError
-from trainer.files import write_json_atomic
-from trainer.loop import FitResult
+from trainer.errors import GradientCheckError, GradtrainError
+from trainer.explain import explain, explain_batch
+from trainer.figures import TrajectoryFigures
+from trainer.files import write_atomic, write_json_atomic
+from trainer.loop import FitResult, Trainer
 from trainer.models import VectorModel
 from trainer.signals import SignalStop
-from trainer.sinks import HParamValue
+from trainer.sinks import HParamValue, MetricSink
 
 log = logging.getLogger("gradtrain")
 
 SUMMARY_FILE = "summary.json"
+EXPLAIN_FILE = "explain.md"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -78,6 +81,12 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             log.info("Resuming from %s at step %d.", resume_from, resumed_step)
         else:
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
+        # The explanation describes a run's start, so a resumed run does not repeat it.
+        explained = cfg.explain and checkpoint is None
+        gradient_check = _explain(trainer, sink, run_dir) if explained else None
+        figures = TrajectoryFigures.for_run(cfg, trainer, sink)
+        if figures is not None:
+            trainer.trajectory = figures.trajectory
         try:
             with stop:
                 result = trainer.fit()
@@ -88,6 +97,10 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
         summary = _summary(cfg, result, trainer.model, run_dir)
+        if gradient_check is not None:
+            summary["gradient_check"] = gradient_check
+        if figures is not None:
+            figures.finish(result.steps, run_dir)
         sink.log_hparams(
             flatten_hparams(raw_config),
             {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
@@ -107,6 +120,30 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             stop.signal_number,
         )
     return summary
+
+
+def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any]:
+    """explain=true: autograd on this run's model and first batch, printed, written to
+    explain.md and logged as text. Returns the gradient check for the summary; a failed check
+    stops the run before training."""
+    lr = float(trainer.optimizer.param_groups[0]["lr"])
+    batch = explain_batch(trainer.train_loader, trainer.device)
+    report = explain(trainer.model, trainer.loss_fn, batch, lr=lr)
+    markdown = report.to_markdown()
+    log.info(markdown)
+    write_atomic(run_dir / EXPLAIN_FILE, lambda file: file.write(markdown.encode()))
+    sink.log_text("explain", markdown)
+    check = report.gradient_check
+    if not check.passed:
+        error = GradientCheckError(
+            f"gradient check FAILED: autograd's gradient is up to {check.max_abs_error:.3g} "
+            f"(relative {check.max_rel_error:.3g}) away from a reference, beyond the tolerance "
+            f"{check.atol:g} + {check.rtol:g} * |reference|; see {run_dir / EXPLAIN_FILE}"
+        )
+        failed = {"status": "failed", "error": str(error), "steps": 0}
+        write_json_atomic(run_dir / SUMMARY_FILE, {**failed, "gradient_check": check.summary()})
+        raise error
+    return check.summary()
 
 
 def _lr_hint(cfg: Config) -> str:

@@ -5,6 +5,7 @@ TensorBoard is imported only when a TensorBoard sink is made, keeping `logger=no
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -15,14 +16,18 @@ if TYPE_CHECKING:
 
 HParamValue = int | float | str | bool
 # Scalars may arrive as 0-d device tensors; a sink reads them back when it writes them.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class MetricSink(Protocol):
-    """Receives scalars during training and the run's description at its start and end."""
+    """Receives scalars (and figures) during training and the run's description at its start and
+    end."""
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None: ...
 
     def log_text(self, tag: str, text: str) -> None: ...
+
+    def log_image(self, tag: str, png: bytes, step: int) -> None: ...
 
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
@@ -42,6 +47,9 @@ class NullSink:
         pass
 
     def log_text(self, tag: str, text: str) -> None:
+        pass
+
+    def log_image(self, tag: str, png: bytes, step: int) -> None:
         pass
 
     def log_hparams(
@@ -76,6 +84,16 @@ class TensorBoardSink:
     def log_text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text)
 
+    def log_image(self, tag: str, png: bytes, step: int) -> None:
+        # The PNG goes into the event file as it is: add_image would want it decoded to pixels
+        # only to encode it again.
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        width, height = png_size(png)
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self.writer._get_file_writer().add_summary(summary, global_step=step)
+
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
     ) -> None:
@@ -94,3 +112,11 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header: the signature, then the IHDR chunk."""
+    if png[:8] != PNG_SIGNATURE or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height

@@ -100,6 +100,7 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     stop = StopAtStep(stop_at)
     first = make_trainer(raw, tmp_path / "resumed", stop)
     assert first.fit().stop_reason == "interrupted"
+    stop.trainer = None  # no reference cycle keeping loader workers alive past this test
     checkpoint = load_checkpoint(tmp_path / "resumed" / LAST)
     assert checkpoint["step"] == stop_at
     second = make_trainer(raw, tmp_path / "resumed")
