@@ -151,6 +151,9 @@ class TrainerConfig(StrictModel):
     grad_clip: PositiveFloat | None = None
     tolerance: NonNegativeFloat | None = None
     progress_bar: bool = True
+    # What the run returns to a sweeper and what a sweep summary is sorted by (lower is better).
+    # null: the final validation loss when the run has one, else the final training loss.
+    objective: Literal["val_loss", "final_loss", "best_loss"] | None = None
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:

@@ -21,6 +21,7 @@ from trainer.errors import GradtrainError
 from trainer.files import write_json_atomic
 from trainer.loop import FitResult
 from trainer.models import VectorModel
+from trainer.objective import choose_objective
 from trainer.sinks import HParamValue
 
 log = logging.getLogger("gradtrain")
@@ -50,6 +51,7 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
         summary = _summary(cfg, result, trainer.model, run_dir)
+        summary["objective"] = choose_objective(cfg.trainer.objective, summary)
         sink.log_hparams(
             flatten_hparams(raw_config),
             {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
