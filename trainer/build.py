@@ -17,6 +17,7 @@ from trainer.config import (
     LoggerConfig,
     LossConfig,
     OptimizerConfig,
+    TensorBoardLoggerConfig,
     VectorModelConfig,
 )
 from trainer.errors import GradtrainError
@@ -25,6 +26,7 @@ from trainer.losses import LOSSES, ObjectiveLoss
 from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
 from trainer.sinks import MetricSink, NullSink, TensorBoardSink
+from trainer.views import ParameterViews
 
 
 @dataclass
@@ -40,7 +42,8 @@ def build_trainer(cfg: Config, sink: MetricSink) -> Trainer:
     data = build_data(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg, loss_fn, data).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
-    return Trainer(model, loss_fn, optimizer, data.train_loader, cfg.trainer, device, sink)
+    views = build_views(cfg.logger, sink, model)
+    return Trainer(model, loss_fn, optimizer, data.train_loader, cfg.trainer, device, sink, views)
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
@@ -86,6 +89,16 @@ def build_sink(cfg: LoggerConfig, log_dir: Path) -> MetricSink:
     if cfg.name == "tensorboard":
         return TensorBoardSink(log_dir, flush_secs=cfg.flush_secs)
     return NullSink()
+
+
+def build_views(cfg: LoggerConfig, sink: MetricSink, model: nn.Module) -> ParameterViews | None:
+    """Histograms and update ratios when the TensorBoard logger asks for them, else None."""
+    if not isinstance(cfg, TensorBoardLoggerConfig) or not isinstance(sink, TensorBoardSink):
+        return None
+    if cfg.histogram_every_n_steps is None and not cfg.update_ratio:
+        return None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return ParameterViews(named, sink, cfg.histogram_every_n_steps, cfg.update_ratio)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -165,6 +165,9 @@ class TrainerConfig(StrictModel):
 class TensorBoardLoggerConfig(StrictModel):
     name: Literal["tensorboard"]
     flush_secs: PositiveInt = 30
+    # Optional views, off by default; each costs device time only at its own steps.
+    histogram_every_n_steps: PositiveInt | None = None  # parameter and gradient histograms
+    update_ratio: bool = False  # |update| / |weight| per parameter, at logging steps
 
 
 class NoLoggerConfig(StrictModel):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
+from trainer.views import ParameterViews
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance"]
 
@@ -53,6 +54,7 @@ class Trainer:
         settings: the validated `trainer` config section.
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
+        views: optional histograms and update-to-weight ratios (None: off, the default).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Trainer:
         settings: TrainerConfig,
         device: torch.device,
         sink: MetricSink,
+        views: ParameterViews | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -72,6 +75,7 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.sink = sink
+        self.views = views
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
@@ -117,8 +121,13 @@ class Trainer:
                             )
 
                     # Update (the optimizer runs it under torch.no_grad()), then clear the
-                    # gradients, which backward() would otherwise accumulate into.
+                    # gradients, which backward() would otherwise accumulate into. Optional views
+                    # look at the weights around the update, only at their own steps.
+                    if self.views is not None:
+                        self.views.before_update(state.step + 1, log_now)
                     self.optimizer.step()
+                    if self.views is not None:
+                        self.views.after_update()
                     self.optimizer.zero_grad()
                     state.step += 1
                     best_loss = torch.minimum(best_loss, objective)  # stays on the device
