@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 CHART_LAYOUT: dict[str, dict[str, list[str | list[str]]]] = {
     "loss": {
         "train vs val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
-        "final and best": ["Multiline", [r"^summary/"]],
     },
     "gradients": {
         "global grad norm (before clipping)": ["Multiline", [r"^train/grad_norm$"]],

@@ -69,9 +69,11 @@ class ParameterViews:
         with torch.no_grad():
             update_norms = torch.stack(torch._foreach_norm(torch._foreach_sub(after, before)))
             weight_norms = torch.stack(torch._foreach_norm(before))
-            # A weight of norm 0 has no relative change: the ratio is inf or nan there, as it is.
-            ratios = (update_norms / weight_norms).tolist()  # one transfer for all parameters
-        scalars = {f"optim/update_ratio/{n}": r for n, r in zip(names, ratios, strict=True)}
+            # No update is a ratio of 0, even for a weight of norm 0 (a converged x = 0); an update
+            # of a zero weight is an infinite ratio.
+            ratios = torch.where(update_norms == 0, 0.0, update_norms / weight_norms)
+            values = ratios.tolist()  # one transfer for all parameters
+        scalars = {f"optim/update_ratio/{n}": r for n, r in zip(names, values, strict=True)}
         self.sink.log_scalars(scalars, step=self._step)
 
     def _log_histograms(self) -> None:

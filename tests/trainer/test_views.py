@@ -59,3 +59,11 @@ def test_update_ratio_is_logged_at_logging_steps(composed: Compose, tmp_path: Pa
     # Gradient descent on x**2 moves x by lr * 2x: a ratio of 2 * lr = 0.2 at every step.
     assert [step for step, _ in ratios] == [10, 20, 30]
     assert all(ratio == pytest.approx(0.2, rel=1e-4) for _, ratio in ratios)
+
+
+def test_update_ratio_of_a_weight_that_stopped_at_zero_is_zero(
+    composed: Compose, tmp_path: Path
+) -> None:
+    # lr = 0.5 takes x straight to 0, after which the updates are 0 too: no change, not 0/0.
+    run(composed("trainer.max_steps=20", "optimizer.lr=0.5", "logger.update_ratio=true"), tmp_path)
+    assert read_scalars(tmp_path / "tensorboard")["optim/update_ratio/x"] == [(10, 0.0), (20, 0.0)]
