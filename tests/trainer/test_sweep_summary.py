@@ -121,3 +121,12 @@ def test_a_failing_sweep_job_returns_none_and_leaves_a_failed_summary(
 
     diverged = composed("logger=none", "optimizer.lr=1e30", "trainer.max_steps=5")
     assert run_sweep_job(diverged, tmp_path / "nan") is None
+
+    # An exception in the middle of training: two outputs per sample against one target each.
+    crashing = composed(
+        "experiment=linear_regression", "model.out_features=2", "trainer.max_steps=2", "logger=none"
+    )
+    with pytest.warns(UserWarning, match="target size"):  # torch's own warning, then the crash
+        assert run_sweep_job(crashing, tmp_path / "crash") is None
+    summary = json.loads((tmp_path / "crash" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("RuntimeError: ")
