@@ -124,6 +124,7 @@ def test_failed_and_diverged_jobs_do_not_stop_the_others_and_the_sweep_exits_non
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # two processes at once: slow on two cores; the claim is unit-tested too
 def test_two_sweeps_started_together_get_separate_folders(tmp_path: Path) -> None:
     args = ("optimizer.lr=0.1", "trainer.max_steps=5", "logger=none")
     processes = [start_sweep(*args, cwd=tmp_path) for _ in range(2)]
