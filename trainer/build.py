@@ -25,6 +25,7 @@ from trainer.config import (
     OptimizerConfig,
     RegressionDatasetConfig,
     SchedulerConfig,
+    TensorBoardLoggerConfig,
     VectorModelConfig,
 )
 from trainer.errors import GradtrainError
@@ -34,6 +35,7 @@ from trainer.models import MODELS, VectorModel
 from trainer.optim import OPTIMIZERS
 from trainer.schedulers import SCHEDULERS
 from trainer.sinks import MetricSink, NullSink, TensorBoardSink
+from trainer.views import ParameterViews
 
 log = logging.getLogger("gradtrain")
 
@@ -73,6 +75,7 @@ def build_trainer(
         classification=data.n_classes is not None,
         checkpointer=checkpointer,
         stop_request=stop_request,
+        views=build_views(cfg.logger, sink, model),
     )
     trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer._total_steps())
     return trainer
@@ -206,6 +209,16 @@ def build_sink(cfg: LoggerConfig, log_dir: Path, purge_step: int | None = None) 
     if cfg.name == "tensorboard":
         return TensorBoardSink(log_dir, flush_secs=cfg.flush_secs, purge_step=purge_step)
     return NullSink()
+
+
+def build_views(cfg: LoggerConfig, sink: MetricSink, model: nn.Module) -> ParameterViews | None:
+    """Histograms and update ratios when the TensorBoard logger asks for them, else None."""
+    if not isinstance(cfg, TensorBoardLoggerConfig) or not isinstance(sink, TensorBoardSink):
+        return None
+    if cfg.histogram_every_n_steps is None and not cfg.update_ratio:
+        return None
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return ParameterViews(named, sink, cfg.histogram_every_n_steps, cfg.update_ratio)
 
 
 def resolve_device(name: str) -> torch.device:

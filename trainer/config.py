@@ -336,6 +336,9 @@ class TrainerConfig(StrictModel):
     on_nonfinite: Literal["stop", "skip", "off"] = "stop"
     max_nonfinite_skips: PositiveInt = 10
     detect_anomaly: bool = False
+    # What the run returns to a sweeper and what a sweep summary is sorted by (lower is better).
+    # null: the final validation loss when the run has one, else the final training loss.
+    objective: Literal["val_loss", "final_loss", "best_loss"] | None = None
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:
@@ -351,6 +354,9 @@ class TensorBoardLoggerConfig(StrictModel):
     # path's two principal directions. Needs matplotlib; without it the run goes on without.
     figures: bool = True
     figure_every_n_steps: PositiveInt | None = None  # null: one figure, at the end of the run
+    # Optional views, off by default; each costs device time only at its own steps.
+    histogram_every_n_steps: PositiveInt | None = None  # parameter and gradient histograms
+    update_ratio: bool = False  # |update| / |weight| per parameter, at logging steps
 
 
 class NoLoggerConfig(StrictModel):

@@ -25,6 +25,7 @@ from trainer.config import TrainerConfig
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
 from trainer.trajectory import Trajectory
+from trainer.views import ParameterViews
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
 
@@ -97,6 +98,7 @@ class Trainer:
         stop_request: polled at step boundaries; when set, the run checkpoints and stops.
         trajectory: if given, records the parameters at the start and at logging steps (for
             figures of the path).
+        views: optional histograms and update-to-weight ratios (None: off, the default).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class Trainer:
         checkpointer: Checkpointer | None = None,
         stop_request: StopRequest | None = None,
         trajectory: Trajectory | None = None,
+        views: ParameterViews | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -128,6 +131,7 @@ class Trainer:
         self.checkpointer = checkpointer
         self.stop_request = stop_request
         self.trajectory = trajectory
+        self.views = views
         self.state = TrainState()
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # LBFGS re-evaluates the loss several times per step through a closure.
@@ -221,12 +225,17 @@ class Trainer:
                 torch.nn.utils.clip_grads_with_norm_(params, settings.grad_clip, self._grad_norm)
 
             # Update (optimizers run it under torch.no_grad()), then clear the gradients,
-            # which backward() would otherwise keep accumulating into.
+            # which backward() would otherwise keep accumulating into. Optional views look at
+            # the weights around the update, only at their own steps.
             lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
+            if self.views is not None:
+                self.views.before_update(state.step + 1, log_now)
             if self.needs_closure:
                 self.optimizer.step(functools.partial(self._closure, batch))  # type: ignore[arg-type]
             else:
                 self.optimizer.step()
+            if self.views is not None:
+                self.views.after_update()
             self.optimizer.zero_grad()
             if self.scheduler is not None:
                 self.scheduler.step()

@@ -25,6 +25,7 @@ from trainer.figures import TrajectoryFigures
 from trainer.files import write_atomic, write_json_atomic
 from trainer.loop import FitResult, Trainer
 from trainer.models import VectorModel
+from trainer.objective import choose_objective
 from trainer.signals import SignalStop
 from trainer.sinks import HParamValue, MetricSink
 
@@ -97,6 +98,7 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
         summary = _summary(cfg, result, trainer.model, run_dir)
+        summary["objective"] = choose_objective(cfg.trainer.objective, summary)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
         if figures is not None:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from trainer.dashboard import CHART_LAYOUT, hparams_summaries
+
 if TYPE_CHECKING:
     from torch import Tensor
     from torch.utils.tensorboard import SummaryWriter
@@ -76,6 +78,7 @@ class TensorBoardSink:
         self.writer: SummaryWriter = SummaryWriter(
             log_dir=str(log_dir), flush_secs=flush_secs, purge_step=purge_step
         )
+        self.writer.add_custom_scalars(CHART_LAYOUT)
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
         for tag, value in scalars.items():
@@ -97,18 +100,18 @@ class TensorBoardSink:
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
     ) -> None:
-        # SummaryWriter.add_hparams would write into a new sub-run; writing the three hparams
-        # summaries into this run's own file keeps config, metrics and curves in one run.
-        from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-        experiment, session_start, session_end = hparams_summaries(dict(hparams), dict(metrics))
+        # SummaryWriter.add_hparams would write into a new sub-run; writing the hparams records
+        # into this run's own file keeps config, metrics and curves in one run.
         file_writer = self.writer._get_file_writer()
-        for summary in (experiment, session_start, session_end):
+        for summary in hparams_summaries(hparams):
             file_writer.add_summary(summary, global_step=step)
         self.log_scalars(metrics, step)
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        self.writer.add_histogram(tag, values, global_step=step)
 
     def close(self) -> None:
         self.writer.close()

@@ -51,9 +51,11 @@ def test_event_file_is_the_runs_own_and_holds_config_and_hparams(quadratic_run: 
     assert hparams["optimizer.lr"].number_value == pytest.approx(0.1)
     assert hparams["optimizer.name"].string_value == "manual_sgd"
     assert hparams["model.init"].string_value == "null"
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
-    metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
-    assert metric_tags == {"summary/final_loss", "summary/best_loss"}
+    assert hparams["trainer.progress_bar"].bool_value is True  # a bool, not the number 1
+    # No experiment record: TensorBoard would take one run's keys as every run's (see
+    # trainer/dashboard.py); it builds the key list from all runs' session records instead.
+    assert "_hparams_/experiment" not in content
+    assert "_hparams_/session_end_info" in content
     scalars = read_scalars(quadratic_run)
     assert scalars["summary/final_loss"][0][0] == 30
 
@@ -69,3 +71,19 @@ def test_linear_model_logs_one_grad_norm_per_parameter(
 def test_flatten_hparams_makes_flat_tensorboard_values() -> None:
     flat = flatten_hparams({"a": {"b": 1, "c": None, "d": [1, 2]}, "e": "x", "f": True})
     assert flat == {"a.b": 1, "a.c": "null", "a.d": "[1, 2]", "e": "x", "f": True}
+
+
+def test_custom_scalars_layout_groups_loss_gradients_and_optimizer(quadratic_run: Path) -> None:
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    accumulator = read_run(quadratic_run)
+    config = accumulator.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0]
+    layout = layout_pb2.Layout.FromString(config)
+    charts = {
+        (category.title, chart.title): list(chart.multiline.tag)
+        for category in layout.category
+        for chart in category.chart
+    }
+    assert charts[("loss", "train vs val")] == [r"^train/loss$", r"^val/loss$"]
+    assert ("gradients", "grad norm per parameter") in charts
+    assert charts[("optimizer", "learning rate")] == [r"^optim/lr$"]

@@ -1,0 +1,53 @@
+"""One job of a Hydra sweep (`python train.py -m ...`): it never raises.
+
+Hydra's basic sweeper re-raises the first failed job's exception once its batch is done, which
+ends the sweep before the end-of-sweep callbacks run (and Optuna's sweeper does the same beyond its
+failure rate). So a job records its failure in its own `summary.json`, logs the reason, and
+returns no objective; the sweep summary (`trainer/sweep_summary.py`) then reports it and makes
+the sweep exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import GradtrainError
+from trainer.files import write_json_atomic
+from trainer.objective import objective_value
+
+log = logging.getLogger("gradtrain")
+
+
+def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
+    """Run one job; return its objective, or None when it failed or diverged.
+
+    None, not NaN: Optuna's sweeper records a value that is not a number as a failed trial and
+    carries on, whereas a NaN makes hydra-optuna-sweeper 1.2/1.3 crash the whole search (its
+    failure path hands the NaN back to `study.tell`, which refuses values for failed trials).
+    """
+    from trainer.run import SUMMARY_FILE, run
+
+    try:
+        summary = run(raw_config, run_dir)
+    except Exception as exc:
+        if isinstance(exc, GradtrainError):
+            reason = str(exc)
+        else:  # a bug or a numerical error: its traceback goes to the console and train.log
+            reason = f"{type(exc).__name__}: {exc}"
+            log.exception("Traceback of the failed job:")
+        log.error(f"gradtrain: job failed: {reason}")
+        # run() writes a failed summary when training itself fails; a config error stops it
+        # before anything is written, and the sweep summary must still learn why.
+        if not (run_dir / SUMMARY_FILE).exists():
+            write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": reason})
+        return None
+    objective = objective_value(summary)
+    if objective is None:
+        name = summary.get("objective", "final_loss")
+        log.error(
+            f"gradtrain: job {summary['status']} without a finite {name}: {summary.get(name)}"
+        )
+    return objective
