@@ -217,15 +217,7 @@ def _contour_with_paths(
     for index, (label, _, points) in enumerate(paths):
         _draw_path(ax, points[:, 0], points[:, 1], label, index, len(paths))
     if minimizer is not None:
-        ax.plot(
-            *minimizer[:2],
-            marker="*",
-            color="gold",
-            markersize=14,
-            linestyle="none",
-            markeredgecolor="black",
-            label="minimum",
-        )
+        _mark_minimum(ax, minimizer[0], minimizer[1])
     ax.set_xlabel("x[0]")
     ax.set_ylabel("x[1]")
 
@@ -243,18 +235,22 @@ def _curve_with_paths(
         _draw_path(ax, points[:, 0], landscape(points), label, index, len(paths))
     if minimizer is not None:
         x_min = torch.tensor([minimizer[:1]], dtype=torch.float64)
-        ax.plot(
-            x_min[0].numpy(),
-            landscape(x_min).numpy(),
-            marker="*",
-            color="gold",
-            markersize=14,
-            linestyle="none",
-            markeredgecolor="black",
-            label="minimum",
-        )
+        _mark_minimum(ax, float(x_min[0, 0]), float(landscape(x_min)[0]))
     ax.set_xlabel("x")
     ax.set_ylabel("loss")
+
+
+def _mark_minimum(ax: Axes, x: float, y: float) -> None:
+    ax.plot(
+        [x],
+        [y],
+        marker="*",
+        color="gold",
+        markersize=14,
+        linestyle="none",
+        markeredgecolor="black",
+        label="minimum",
+    )
 
 
 def principal_projection(paths: Sequence[Tensor]) -> tuple[list[Tensor], list[float]]:
