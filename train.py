@@ -8,9 +8,9 @@ torchrun --nproc_per_node=2 train.py experiment=linear_regression   (README: Sca
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -71,26 +71,21 @@ def _quiet_worker_overrides() -> list[str]:
     Every torchrun process runs this script, and each one's Hydra would make its own
     `outputs/<date>/<time>/` (the times differ) with `.hydra/` and `train.log`. Rank 0's folder
     is the run's: `trainer.run` hands it to the other ranks over the process group once they
-    have joined it (before that they cannot talk). So the others get a scratch folder that
-    Hydra leaves empty (no `.hydra/`, logs to the console only) and that is removed at exit;
-    they log warnings and errors only. Read from the environment because this runs before
-    Hydra, and the process group, exist.
+    have joined it (before that they cannot talk). So the others point Hydra at one shared
+    scratch folder per user that it leaves empty (no `.hydra/`, logs to the console only): a
+    worker killed mid-run leaves nothing behind. They log warnings and errors only. Read from
+    the environment because this runs before Hydra, and the process group, exist.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0":
         return []
-    scratch = tempfile.mkdtemp(prefix=f"gradtrain-rank{os.environ['RANK']}-")
+    scratch = Path(tempfile.gettempdir()) / f"gradtrain-workers-{getpass.getuser()}"
     logging.getLogger("gradtrain").setLevel(logging.WARNING)
     # Given last, these win over the same keys on the command line.
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
 if __name__ == "__main__":
-    worker_overrides = _quiet_worker_overrides()
-    sys.argv += worker_overrides
-    try:
-        main()
-    finally:
-        if worker_overrides:
-            shutil.rmtree(worker_overrides[0].split("=", 1)[1], ignore_errors=True)
+    sys.argv += _quiet_worker_overrides()
+    main()
     # Non-zero when a job of a sweep failed or diverged (see trainer/sweep_summary.py).
     sys.exit(sweep_exit_status())
