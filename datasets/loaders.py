@@ -6,9 +6,9 @@ import random
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.samplers import EpochSampler
+from datasets.samplers import EpochSampler, ShardSampler
 
 
 def keep_batch(batch: Any) -> Any:
@@ -30,13 +30,34 @@ def build_dataloader(
     seed: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
+    equal_shards: bool = True,
 ) -> DataLoader[Any]:
-    """A DataLoader whose order comes from `seed` and the epoch alone (see `EpochSampler`)."""
+    """A DataLoader whose order comes from `seed` and the epoch alone (see `EpochSampler`).
+
+    With `num_replicas > 1` (one loader per process of a distributed run) this process gets
+    the rows `rank, rank + num_replicas, ...` of that order. `equal_shards` (training): every
+    process gets as many rows, as DDP's lockstep needs; `torch`'s `DistributedSampler` pads
+    the last shards with rows from the start (or with `drop_last` drops the rows that do not
+    divide evenly). Otherwise (validation) each row is seen exactly once, in shards that may
+    differ by one row.
+    """
     batched_fetch = hasattr(dataset, "__getitems__")
+    sampler: Sampler[int]
+    if num_replicas == 1:
+        sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]
+    elif equal_shards:
+        # Same order as EpochSampler (randperm seeded with seed + epoch), interleaved over ranks.
+        sampler = DistributedSampler(
+            dataset, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+    else:
+        sampler = ShardSampler(len(dataset), num_replicas, rank)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle, seed),  # type: ignore[arg-type]
+        sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=seed_worker if num_workers > 0 else None,

@@ -34,3 +34,17 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
+
+
+class ShardSampler(Sampler[int]):
+    """Rows `rank, rank + num_replicas, ...` of 0..n-1, in order and without padding: across
+    processes every row is seen exactly once (for evaluation, where shards may differ by one)."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int) -> None:
+        self.indices = range(rank, n, num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

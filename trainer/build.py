@@ -28,6 +28,7 @@ from trainer.config import (
     TensorBoardLoggerConfig,
     VectorModelConfig,
 )
+from trainer.distributed import is_distributed, local_device, rank, world_size, wrap_model
 from trainer.errors import GradtrainError
 from trainer.loop import Checkpointer, StopRequest, Trainer
 from trainer.losses import LOSSES, ObjectiveLoss
@@ -57,14 +58,22 @@ def build_trainer(
     checkpointer: Checkpointer | None = None,
     stop_request: StopRequest | None = None,
 ) -> Trainer:
-    """Everything a run needs, built from a validated config (the seed is set by the caller)."""
-    device = resolve_device(cfg.trainer.device)
+    """Everything a run needs, built from a validated config (the seed is set by the caller).
+
+    Under torchrun (the process group already joined) the model is wrapped in
+    DistributedDataParallel and each process loads its shard of the data.
+    """
+    if is_distributed() and cfg.optimizer.name == "lbfgs":
+        # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
+        # ranks would disagree on the number of backward passes (and all-reduces) and hang.
+        raise GradtrainError("optimizer=lbfgs is full-batch and cannot run under torchrun")
+    device = local_device(resolve_device(cfg.trainer.device))
     loss_fn = build_loss(cfg.loss).to(device)
     data = build_data(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg, loss_fn, data).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
     trainer = Trainer(
-        model,
+        wrap_model(model, device),
         loss_fn,
         optimizer,
         data.train_loader,
@@ -126,7 +135,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation
         train, val = train.standardized(mean, std), val.standardized(mean, std)
 
-    def loader(split: InMemoryDataset, shuffle: bool) -> DataLoader[Any]:
+    def loader(split: InMemoryDataset, shuffle: bool, train: bool) -> DataLoader[Any]:
         return build_dataloader(
             split,
             batch_size=cfg.batch_size or len(split),  # null: the whole split in one batch
@@ -135,11 +144,15 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             seed=seed,
             pin_memory=cfg.pin_memory,
             drop_last=cfg.drop_last and shuffle,
+            # Under torchrun, this process's share of the rows; training shards are equal.
+            num_replicas=world_size(),
+            rank=rank(),
+            equal_shards=train,
         )
 
     return Data(
-        train_loader=loader(train, cfg.shuffle),
-        val_loader=loader(val, shuffle=False) if len(val) else None,
+        train_loader=loader(train, cfg.shuffle, train=True),
+        val_loader=loader(val, shuffle=False, train=False) if len(val) else None,
         n_features=dataset.n_features,
         n_classes=len(class_names) if class_names is not None else None,
         class_names=class_names,

@@ -339,6 +339,9 @@ class TrainerConfig(StrictModel):
     # What the run returns to a sweeper and what a sweep summary is sorted by (lower is better).
     # null: the final validation loss when the run has one, else the final training loss.
     objective: Literal["val_loss", "final_loss", "best_loss"] | None = None
+    # Under torchrun: how long a collective (an all-reduce, a broadcast) may wait for the other
+    # ranks before the job fails, so a dead or stuck rank ends the job instead of hanging it.
+    dist_timeout_s: PositiveInt = 300
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:

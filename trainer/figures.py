@@ -100,7 +100,7 @@ class TrajectoryFigures:
         if not draw:
             log.warning(MATPLOTLIB_MISSING)
         landscape, minimizer = None, None
-        if trainer.train_loader is None and isinstance(trainer.model, VectorModel):
+        if trainer.train_loader is None and isinstance(trainer.module, VectorModel):
             landscape = objective_landscape(trainer.loss_fn)
             if isinstance(trainer.loss_fn, ObjectiveLoss):
                 minimizer = trainer.loss_fn.minimum(n_parameters)[1]

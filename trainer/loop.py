@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer.config import TrainerConfig
+from trainer.distributed import all_reduce_mean, all_reduce_sum, sync_gradients, unwrap
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
 from trainer.trajectory import Trajectory
@@ -119,6 +120,10 @@ class Trainer:
         views: ParameterViews | None = None,
     ) -> None:
         self.model = model
+        # Under torchrun `model` is a DistributedDataParallel wrapper: batches go through it
+        # (that is what averages the gradients over ranks), while names and weights are the
+        # wrapped module's, so tags and checkpoints are the same as a single process's.
+        self.module = unwrap(model)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.train_loader = train_loader
@@ -133,7 +138,9 @@ class Trainer:
         self.trajectory = trajectory
         self.views = views
         self.state = TrainState()
-        self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.named_parameters = [
+            (n, p) for n, p in self.module.named_parameters() if p.requires_grad
+        ]
         # LBFGS re-evaluates the loss several times per step through a closure.
         self.needs_closure = isinstance(optimizer, torch.optim.LBFGS)
         # Per-step finiteness flags (loss, then each gradient), read back in batches.
@@ -182,25 +189,34 @@ class Trainer:
         window_loss = torch.zeros((), device=self.device)  # loss over accumulated batches
 
         for batch in self._epoch_batches():
-            # Forward.
-            loss, batch_correct, batch_size = self._forward(batch)
-            if self.classification:
-                state.correct += batch_correct
-                state.seen += batch_size
-            # Backward. Gradients of several batches add up in .grad; dividing each loss by the
-            # window makes the sum their mean, as one larger batch would give.
-            window = self._accumulation_window()
-            try:
-                self._backward(loss / window)
-            except RuntimeError as error:
-                if not settings.detect_anomaly:
-                    raise
-                self._diverged(f"autograd anomaly at step {state.step + 1}: {error}")
-                return
+            # Under torchrun, backward also averages the gradients over ranks, but only on the
+            # batch that closes an accumulation window; before it they add up locally, as .grad
+            # does in one process. (DDP decides this in forward, so both are inside.)
+            closes_window = self._update_due(batches_done=state.batch_in_epoch + 1)
+            with sync_gradients(self.model, closes_window):
+                # Forward.
+                loss, batch_correct, batch_size = self._forward(batch)
+                if self.classification:
+                    state.correct += batch_correct
+                    state.seen += batch_size
+                # Backward. Gradients of several batches add up in .grad; dividing each loss by
+                # the window makes the sum their mean, as one larger batch would give.
+                window = self._accumulation_window()
+                try:
+                    self._backward(loss / window)
+                except RuntimeError as error:
+                    if not settings.detect_anomaly:
+                        raise
+                    self._diverged(f"autograd anomaly at step {state.step + 1}: {error}")
+                    return
             window_loss += self._scalar(loss.detach()) / window
             state.batch_in_epoch += 1
-            if not self._update_due():
+            if not closes_window:
                 continue
+            # The loss of the global batch: the mean over ranks (equal batches), one scalar
+            # all-reduce per update under torchrun (no host sync on CUDA). Every rank then sees
+            # the same loss, so finiteness checks, tolerance and best_loss agree across ranks.
+            window_loss = all_reduce_mean(window_loss)
 
             is_last = self._limit_reached(step=state.step + 1) is not None
             log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
@@ -284,9 +300,16 @@ class Trainer:
             total_correct += correct
             count += batch_size
         self.model.train()
-        metrics = {"loss": total_loss.item() / max(count, 1)}
+        # Under torchrun each rank saw its shard of the rows: add up the shards.
+        totals = all_reduce_sum(
+            torch.stack(
+                [total_loss, total_correct.to(total_loss), torch.tensor(count).to(total_loss)]
+            )
+        ).tolist()
+        total_loss_sum, total_correct_sum, count_sum = totals
+        metrics = {"loss": total_loss_sum / max(count_sum, 1)}
         if self.classification:
-            metrics["accuracy"] = total_correct.item() / max(count, 1)
+            metrics["accuracy"] = total_correct_sum / max(count_sum, 1)
         return metrics
 
     # ------------------------------------------------------------------------ state and resume
@@ -301,7 +324,7 @@ class Trainer:
             kind, keys, position, has_gauss, cached = sys.modules["numpy"].random.get_state()
             rng["numpy"] = [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]
         return {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "step": state.step,
@@ -322,7 +345,7 @@ class Trainer:
         }
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        self.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint["scheduler"] is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -418,9 +441,10 @@ class Trainer:
         start = self.state.batch_in_epoch - self.state.batch_in_epoch % k
         return min(k, self._batches_per_epoch() - start)
 
-    def _update_due(self) -> bool:
-        """Whether the batch just consumed closes an accumulation window."""
-        done = self.state.batch_in_epoch
+    def _update_due(self, batches_done: int | None = None) -> bool:
+        """Whether the batch just consumed (or the `batches_done`-th) closes an accumulation
+        window."""
+        done = self.state.batch_in_epoch if batches_done is None else batches_done
         return done % self.settings.accumulate_grad_batches == 0 or (
             done == self._batches_per_epoch()
         )
@@ -472,7 +496,10 @@ class Trainer:
         """train/accuracy of the epoch, and validation when it is due or the run ends."""
         state, ending = self.state, self._stop_reason is not None
         if self.classification and state.seen and (epoch_done or ending):
-            state.train_accuracy = state.correct.item() / state.seen
+            correct, seen = all_reduce_sum(
+                torch.stack([state.correct, torch.tensor(state.seen).to(state.correct)])
+            ).tolist()
+            state.train_accuracy = correct / seen
             self.sink.log_scalars({"train/accuracy": state.train_accuracy}, step=state.step)
             state.correct.zero_()
             state.seen = 0

@@ -16,9 +16,17 @@ from typing import Any
 
 import torch
 
-from trainer.build import build_sink, build_trainer
+from trainer.build import build_sink, build_trainer, resolve_device
 from trainer.checkpoint import LAST, CheckpointError, CheckpointWriter, load_checkpoint
 from trainer.config import Config, validate_config
+from trainer.distributed import (
+    CollectiveStop,
+    broadcast_from_main,
+    is_distributed,
+    is_main_process,
+    local_device,
+    process_group,
+)
 from trainer.errors import GradientCheckError, GradtrainError
 from trainer.explain import explain, explain_batch
 from trainer.figures import TrajectoryFigures
@@ -27,7 +35,7 @@ from trainer.loop import FitResult, Trainer
 from trainer.models import VectorModel
 from trainer.objective import choose_objective
 from trainer.signals import SignalStop
-from trainer.sinks import HParamValue, MetricSink
+from trainer.sinks import HParamValue, MetricSink, NullSink
 
 log = logging.getLogger("gradtrain")
 
@@ -57,35 +65,53 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     Returns the summary. Raises ConfigError (invalid config) or GradtrainError (a problem the
     user can fix) before anything is written; TrainingDiverged or TrainingInterrupted after
     writing the summary of a run that stopped early.
+
+    Under torchrun every process calls this; they join one process group for the run, and
+    only rank 0 writes (into its `run_dir`, which becomes every rank's).
     """
     cfg = validate_config(raw_config)
-    resume_from = _resume_path(cfg.trainer.resume, run_dir)
+    with process_group(resolve_device(cfg.trainer.device), cfg.trainer.dist_timeout_s):
+        return _run(cfg, raw_config, run_dir)
+
+
+def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    main = is_main_process()
+    run_dir, resume_from = _agree_on_start(cfg.trainer.resume, run_dir)
+    # Every rank loads the checkpoint itself (on several nodes: from a shared file system).
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    if checkpoint is None:
-        _refuse_to_overwrite(run_dir)
     seed_everything(cfg.seed)
     checkpointer = (
         CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
-        if cfg.trainer.save_checkpoints
+        if cfg.trainer.save_checkpoints and main
         else None
     )
     resumed_step = checkpoint["step"] if checkpoint is not None else None
     # Steps after the checkpoint's are redone; TensorBoard drops what the killed session logged
     # for them, keeping the checkpoint's own step.
     purge_step = resumed_step + 1 if resumed_step is not None else None
-    sink = build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=purge_step)
+    sink = (
+        build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=purge_step)
+        if main
+        else NullSink()
+    )
     stop = SignalStop()
+    device = local_device(resolve_device(cfg.trainer.device))
+    stop_request = (
+        CollectiveStop(stop, device, every=cfg.trainer.log_every_n_steps)
+        if is_distributed()
+        else stop
+    )
     try:
-        trainer = build_trainer(cfg, sink, checkpointer=checkpointer, stop_request=stop)
+        trainer = build_trainer(cfg, sink, checkpointer=checkpointer, stop_request=stop_request)
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint)
             log.info("Resuming from %s at step %d.", resume_from, resumed_step)
         else:
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         # The explanation describes a run's start, so a resumed run does not repeat it.
-        explained = cfg.explain and checkpoint is None
+        explained = cfg.explain and checkpoint is None and main
         gradient_check = _explain(trainer, sink, run_dir) if explained else None
-        figures = TrajectoryFigures.for_run(cfg, trainer, sink)
+        figures = TrajectoryFigures.for_run(cfg, trainer, sink) if main else None
         if figures is not None:
             trainer.trajectory = figures.trajectory
         try:
@@ -95,9 +121,10 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             error = f"{type(exc).__name__}: {exc}"
             failed = {"status": status, "error": error, "steps": trainer.state.step}
-            write_json_atomic(run_dir / SUMMARY_FILE, failed)
+            if main:
+                write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
-        summary = _summary(cfg, result, trainer.model, run_dir)
+        summary = _summary(cfg, result, trainer.module, run_dir)
         summary["objective"] = choose_objective(cfg.trainer.objective, summary)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
@@ -110,8 +137,9 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
         )
     finally:
         sink.close()
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
-    log.info(format_summary(summary))
+    if main:
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        log.info(format_summary(summary))
     if result.stop_reason == "diverged":
         raise TrainingDiverged(f"{result.message} {_lr_hint(cfg)}")
     if result.stop_reason == "interrupted":
@@ -130,7 +158,7 @@ def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any
     stops the run before training."""
     lr = float(trainer.optimizer.param_groups[0]["lr"])
     batch = explain_batch(trainer.train_loader, trainer.device)
-    report = explain(trainer.model, trainer.loss_fn, batch, lr=lr)
+    report = explain(trainer.module, trainer.loss_fn, batch, lr=lr)
     markdown = report.to_markdown()
     log.info(markdown)
     write_atomic(run_dir / EXPLAIN_FILE, lambda file: file.write(markdown.encode()))
@@ -156,6 +184,29 @@ def _lr_hint(cfg: Config) -> str:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _agree_on_start(resume: str | None, run_dir: Path) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (or None), as rank 0 decides them.
+
+    Single-process: `run_dir` itself, after the checks. Under torchrun each rank's Hydra made
+    its own `run_dir`; rank 0's is the run's, and its decision (or its refusal, raised on every
+    rank) reaches all ranks, so none of them waits for a rank that already gave up.
+    """
+    decision: tuple[Path, Path | None] | GradtrainError | None = None
+    if is_main_process():
+        try:
+            resume_from = _resume_path(resume, run_dir)
+            if resume_from is None:
+                _refuse_to_overwrite(run_dir)
+            decision = (run_dir, resume_from)
+        except GradtrainError as exc:
+            decision = exc
+    decision = broadcast_from_main(decision)
+    if isinstance(decision, GradtrainError):
+        raise decision
+    assert decision is not None
+    return decision
 
 
 def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
