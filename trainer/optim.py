@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -10,6 +11,13 @@ from torch import Tensor
 from trainer.registry import Registry
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _unwrapped(method: F) -> F:
+    """The function a decorator built with `functools.wraps` wraps, or `method` itself."""
+    return getattr(method, "__wrapped__", method)
 
 
 @OPTIMIZERS.register("manual_sgd")
@@ -26,6 +34,14 @@ class ManualSGD(torch.optim.Optimizer):
     Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work),
     `state_dict` and `zero_grad`; the arithmetic is all here.
     """
+
+    # torch wraps these in `torch._disable_dynamo`, which imports torch._dynamo (about a second
+    # of start-up) the first time any optimizer calls them, and `__init__` calls
+    # `add_param_group`. This eager-only optimizer runs torch's own unwrapped code instead; with
+    # another torch whose methods are not wrapped this way, it falls back to them unchanged.
+    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
+    state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
+    load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
 
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
