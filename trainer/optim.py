@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from trainer.registry import Registry
 
@@ -43,6 +45,23 @@ class ManualSGD(torch.optim.Optimizer):
     state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
     load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
 
+    @staticmethod
+    def profile_hook_step(func: F) -> F:
+        """torch.optim.Optimizer wraps `step` in this on construction: a profiler range around
+        the step hooks and the step. The range costs about 14 µs per call on a CPU even when no
+        profiler records, a tenth of a 5-element step; so torch's wrapper runs whenever
+        something watches (a profiler records, or a step hook is registered), the bare step
+        otherwise."""
+        watched_step = torch.optim.Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def step(self: ManualSGD, *args: Any, **kwargs: Any) -> Any:
+            if _step_is_watched(self):
+                return watched_step(self, *args, **kwargs)
+            return func(self, *args, **kwargs)
+
+        return cast(F, step)
+
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
 
@@ -71,6 +90,16 @@ class ManualSGD(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     p.grad.zero_()
+
+
+def _step_is_watched(optimizer: torch.optim.Optimizer) -> bool:
+    return bool(
+        torch._C._autograd._profiler_enabled()
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or _global_optimizer_pre_hooks
+        or _global_optimizer_post_hooks
+    )
 
 
 OPTIMIZERS.register("sgd")(torch.optim.SGD)
