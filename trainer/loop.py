@@ -89,13 +89,16 @@ class Trainer:
         self.named_parameters = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # LBFGS re-evaluates the loss several times per step through a closure.
         self.needs_closure = isinstance(optimizer, torch.optim.LBFGS)
+        # The correct-prediction count of a batch when nothing is classified: made once, not
+        # allocated on every step.
+        self._no_count = torch.zeros((), dtype=torch.int64, device=device)
 
     # ---------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
         settings, state = self.settings, self.state
         params = [p for _, p in self.named_parameters]
         best_loss = torch.tensor(math.inf, device=self.device)
-        window_loss = torch.zeros((), device=self.device)  # loss summed over accumulated batches
+        window_loss: Tensor | None = None  # loss summed over the accumulated batches, on device
         objective = grad_norm = torch.tensor(math.nan)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)  # this epoch, on device
         seen = 0
@@ -117,8 +120,11 @@ class Trainer:
                     # Backward. Gradients of several batches add up in .grad; dividing each loss
                     # by the window makes the sum their mean, as one larger batch would give.
                     window = self._accumulation_window()
-                    self._backward(loss / window)
-                    window_loss += self._scalar(loss.detach()) / window
+                    if window > 1:  # (skipped otherwise: one op less in every step's graph)
+                        loss = loss / window
+                    self._backward(loss)
+                    batch_loss = self._scalar(loss.detach())
+                    window_loss = batch_loss if window_loss is None else window_loss + batch_loss
                     state.batch_in_epoch += 1
                     if not self._update_due():
                         continue
@@ -148,7 +154,8 @@ class Trainer:
                     if self.scheduler is not None:
                         self.scheduler.step()
                     state.step += 1
-                    objective, window_loss = window_loss, torch.zeros((), device=self.device)
+                    assert window_loss is not None  # the batch just consumed added to it
+                    objective, window_loss = window_loss, None
                     best_loss = torch.minimum(best_loss, objective)  # stays on the device
 
                     if log_now:
@@ -223,13 +230,13 @@ class Trainer:
         """The loss of one batch, how many of its predictions are right (classification), and
         its size."""
         if batch is None:  # an objective of the parameters alone
-            return self.loss_fn(self.model()), torch.zeros((), dtype=torch.int64), 1
+            return self.loss_fn(self.model()), self._no_count, 1
         inputs, targets = batch
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         prediction = self.model(inputs)
         loss = self.loss_fn(prediction, targets)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        correct = self._no_count
         if self.classification:
             # One logit per sample (bce_with_logits) means class 1 when positive.
             labels = prediction > 0 if prediction.dim() == 1 else prediction.argmax(dim=-1)
