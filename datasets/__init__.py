@@ -5,7 +5,7 @@ package is found first.
 """
 
 from datasets.csv_table import CsvData, DataError, load_csv
-from datasets.loaders import build_dataloader
+from datasets.loaders import InMemoryLoader, Loader, build_dataloader
 from datasets.synthetic import ClassificationDataset, RegressionDataset
 from datasets.tensor import InMemoryDataset
 
@@ -14,6 +14,8 @@ __all__ = [
     "CsvData",
     "DataError",
     "InMemoryDataset",
+    "InMemoryLoader",
+    "Loader",
     "RegressionDataset",
     "build_dataloader",
     "load_csv",

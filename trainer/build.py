@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
-from torch.utils.data import DataLoader
 
 from trainer.config import (
     ClassificationDatasetConfig,
@@ -35,6 +34,9 @@ from trainer.optim import OPTIMIZERS
 from trainer.schedulers import SCHEDULERS
 from trainer.sinks import MetricSink, NullSink, TensorBoardSink
 
+if TYPE_CHECKING:
+    from datasets import Loader
+
 log = logging.getLogger("gradtrain")
 
 
@@ -42,8 +44,8 @@ log = logging.getLogger("gradtrain")
 class Data:
     """The loaders and the facts about the data that models and losses are sized by."""
 
-    train_loader: DataLoader[Any] | None = None
-    val_loader: DataLoader[Any] | None = None
+    train_loader: Loader | None = None
+    val_loader: Loader | None = None
     n_features: int | None = None
     n_classes: int | None = None  # classification only
     class_names: list[str] | None = None  # classification: index -> label in the source
@@ -116,7 +118,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation
         train, val = train.standardized(mean, std), val.standardized(mean, std)
 
-    def loader(split: InMemoryDataset, shuffle: bool) -> DataLoader[Any]:
+    def loader(split: InMemoryDataset, shuffle: bool) -> Loader:
         return build_dataloader(
             split,
             batch_size=cfg.batch_size or len(split),  # null: the whole split in one batch

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
-from datasets import ClassificationDataset, RegressionDataset, build_dataloader
+from datasets import ClassificationDataset, InMemoryLoader, RegressionDataset, build_dataloader
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
@@ -67,3 +68,27 @@ def test_moons_are_two_interleaved_half_circles() -> None:
     upper = data.inputs[data.targets == 0]
     assert torch.allclose(upper.norm(dim=1), torch.ones(len(upper)), atol=1e-6)
     assert (upper[:, 1] >= 0).all()
+
+
+def test_in_memory_loader_counts_and_drops_the_last_partial_batch() -> None:
+    dataset = RegressionDataset(10, 2, seed=0)
+    kept = build_dataloader(dataset, batch_size=4, shuffle=True, seed=0)
+    dropped = build_dataloader(dataset, batch_size=4, shuffle=True, seed=0, drop_last=True)
+    assert isinstance(kept, InMemoryLoader)
+    assert len(kept) == 3 and [len(t) for _, t in kept] == [4, 4, 2]
+    assert len(dropped) == 2 and [len(t) for _, t in dropped] == [4, 4]
+
+
+def test_each_epoch_is_a_new_seeded_permutation() -> None:
+    dataset = RegressionDataset(64, 2, seed=0)
+    loader = build_dataloader(dataset, batch_size=64, shuffle=True, seed=0)
+    first, second = (targets for _, targets in [*loader, *loader])
+    assert not torch.equal(first, second)
+    assert torch.equal(first.sort().values, second.sort().values)
+
+
+def test_worker_processes_get_a_torch_dataloader() -> None:
+    dataset = RegressionDataset(10, 2, seed=0)
+    loader = build_dataloader(dataset, batch_size=4, shuffle=False, num_workers=1, seed=0)
+    assert isinstance(loader, DataLoader)
+    assert torch.equal(torch.cat([t for _, t in loader]), dataset.targets)
