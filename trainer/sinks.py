@@ -5,20 +5,24 @@ TensorBoard is imported only when a TensorBoard sink is made, keeping `logger=no
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from torch import Tensor
-    from torch.utils.tensorboard import SummaryWriter
+import torch
+from torch import Tensor
 
 HParamValue = int | float | str | bool
-# Scalars may arrive as 0-d device tensors; a sink reads them back when it writes them.
 
 
 class MetricSink(Protocol):
-    """Receives scalars during training and the run's description at its start and end."""
+    """Receives scalars during training and the run's description at its start and end.
+
+    Scalars may arrive as 0-d device tensors, which a sink may keep and read back later (in
+    batches, to spare the device a synchronisation per value): callers must not modify a tensor
+    after logging it.
+    """
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None: ...
 
@@ -28,7 +32,11 @@ class MetricSink(Protocol):
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
     ) -> None: ...
 
-    def close(self) -> None: ...
+    def flush(self) -> None:
+        """Write everything logged so far."""
+
+    def close(self) -> None:
+        """Flush, then release the sink."""
 
 
 class NullSink:
@@ -45,25 +53,72 @@ class NullSink:
     ) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class TensorBoardSink:
-    """Writes one event file per run under `log_dir`."""
+    """Writes one event file per run under `log_dir`.
 
-    def __init__(self, log_dir: Path, flush_secs: int = 30) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    Logged scalars wait in memory, device tensors included, until `max_pending_steps` logging
+    steps have gathered or `flush_secs` have passed since the last write (checked when scalars
+    arrive), and always on `flush()` and `close()`. Then all pending tensors are read back with
+    one `.tolist()` per device (a GPU synchronises once per batch, not once per value) and each
+    logging step becomes one event with its own step number and wall time, so the charts keep
+    every step. (`SummaryWriter.add_scalar` reads each value back on its own, and its writer
+    thread checksums one event per value in pure Python.)
+    """
+
+    def __init__(self, log_dir: Path, flush_secs: int = 30, max_pending_steps: int = 256) -> None:
+        from trainer.event_file import EventFileWriter
 
         self.log_dir = log_dir
-        self.writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+        self.flush_secs = flush_secs
+        self.max_pending_steps = max_pending_steps
+        self.events = EventFileWriter(log_dir)
+        self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []  # step, wall time
+        self._last_write = time.monotonic()
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, global_step=step)
+        self._pending.append((step, time.time(), dict(scalars)))
+        if len(self._pending) >= self.max_pending_steps:
+            self._write_pending()
+        elif time.monotonic() - self._last_write >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        self._write_pending()
+        self.events.flush()
+
+    def _write_pending(self) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        tensors = [
+            value
+            for _, _, scalars in self._pending
+            for value in scalars.values()
+            if isinstance(value, Tensor)
+        ]
+        read_back = iter(_to_floats(tensors))
+        for step, wall_time, scalars in self._pending:
+            values = [
+                Summary.Value(
+                    tag=tag,
+                    simple_value=next(read_back) if isinstance(value, Tensor) else float(value),
+                )
+                for tag, value in scalars.items()
+            ]
+            self.events.add_summary(Summary(value=values), step, wall_time)
+        self._pending.clear()
+        self._last_write = time.monotonic()
 
     def log_text(self, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text)
+        from torch.utils.tensorboard.summary import text as text_summary
+
+        self.events.add_summary(text_summary(tag, text), step=0, wall_time=time.time())
 
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
@@ -73,10 +128,28 @@ class TensorBoardSink:
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         experiment, session_start, session_end = hparams_summaries(dict(hparams), dict(metrics))
-        file_writer = self.writer._get_file_writer()
         for summary in (experiment, session_start, session_end):
-            file_writer.add_summary(summary, global_step=step)
+            self.events.add_summary(summary, step, wall_time=time.time())
         self.log_scalars(metrics, step)
 
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.flush()
+        finally:
+            self.events.close()
+
+
+@torch.no_grad()
+def _to_floats(tensors: list[Tensor]) -> list[float]:
+    """The values of one-element tensors, read back with one transfer per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    values = [0.0] * len(tensors)
+    for indices in by_device.values():
+        # One stack, one copy to the host; stack promotes mixed dtypes (bf16, int64) to float.
+        group = [tensors[i] if tensors[i].dim() == 0 else tensors[i].reshape(()) for i in indices]
+        stacked = torch.stack(group).float().tolist()
+        for index, value in zip(indices, stacked, strict=True):
+            values[index] = value
+    return values

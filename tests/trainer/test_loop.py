@@ -36,6 +36,9 @@ class RecordingSink:
     def log_hparams(self, hparams: Any, metrics: Any, step: int) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -1,0 +1,111 @@
+"""A TensorBoard event file, written in the caller's thread.
+
+The format is TFRecord: each serialized `Event` framed by its length and two masked CRC-32C
+checksums. TensorBoard's own writer (the one behind `SummaryWriter`) computes those checksums a
+byte at a time in pure Python on a background thread when TensorFlow is not installed: about
+20 µs per logged step, for which the training thread then waits on the GIL. This writer
+computes the same checksum 16 bits at a time (about four times faster) and writes when its sink
+flushes a batch of steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import sys
+import time
+from array import array
+from pathlib import Path
+
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+# ------------------------------------------------------------------------------------- CRC-32C
+_POLYNOMIAL = 0x82F63B78  # Castagnoli, bit-reversed
+
+
+def _byte_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (_POLYNOMIAL if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+def _word_tables(table: list[int]) -> tuple[array[int], array[int]]:
+    """Tables that advance the CRC over a little-endian 32-bit word in two lookups: one for the
+    word's low 16 bits, one for its high 16 bits (the CRC is linear, so their results XOR)."""
+    # shifted[k][b]: the effect of byte value b followed by k zero bytes.
+    shifted = [table]
+    for _ in range(3):
+        shifted.append([(c >> 8) ^ table[c & 0xFF] for c in shifted[-1]])
+    low = array("I", (shifted[3][i & 0xFF] ^ shifted[2][i >> 8] for i in range(1 << 16)))
+    high = array("I", (shifted[1][i & 0xFF] ^ shifted[0][i >> 8] for i in range(1 << 16)))
+    return low, high
+
+
+_BYTE = _byte_table()
+_LOW, _HIGH = _word_tables(_BYTE)
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    whole_words = len(data) - len(data) % 4
+    words = array("I", data[:whole_words])  # 4-byte words in the machine's byte order
+    if sys.byteorder == "big":
+        words.byteswap()
+    for word in words:
+        crc ^= word
+        crc = _LOW[crc & 0xFFFF] ^ _HIGH[crc >> 16]
+    for byte in data[whole_words:]:
+        crc = _BYTE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The checksum as TFRecord stores it (rotated and offset, so that a CRC of CRCs differs)."""
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------- the writer
+_file_numbers = itertools.count()  # keeps two writers of one process in one second apart
+
+
+class EventFileWriter:
+    """Appends events to a new `events.out.tfevents.*` file in `log_dir`."""
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        name = (
+            f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{next(_file_numbers)}"
+        )
+        self.path = log_dir / name
+        self._file = self.path.open("xb")
+        # Readers expect a file to open with its format version.
+        self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def add_summary(self, summary: Summary, step: int, wall_time: float) -> None:
+        self.write(Event(wall_time=wall_time, step=step, summary=summary))
+
+    def write(self, event: Event) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(
+            header
+            + struct.pack("<I", masked_crc32c(header))
+            + data
+            + struct.pack("<I", masked_crc32c(data))
+        )
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
