@@ -326,6 +326,9 @@ class TrainerConfig(StrictModel):
     grad_clip: PositiveFloat | None = None
     tolerance: NonNegativeFloat | None = None
     progress_bar: bool = True
+    # bf16: forward and loss under torch.autocast (matmuls in bfloat16); parameters,
+    # gradients and the optimizer stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:
