@@ -7,6 +7,7 @@ python train.py -m optimizer.lr=0.01,0.1,1.0
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 
@@ -36,3 +37,7 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
+    # Every file the run writes is closed by now (logging's handlers close at exit). Exempt the
+    # objects torch, Hydra and pydantic created from the interpreter's final garbage collection,
+    # which would only free memory the exit frees anyway: about 0.4 s, a quarter of a short run.
+    gc.freeze()
