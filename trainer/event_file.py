@@ -10,13 +10,16 @@ flushes a batch of steps.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import os
 import socket
 import struct
 import sys
 import time
 from array import array
+from collections.abc import Iterable
 from pathlib import Path
 
 from tensorboard.compat.proto.event_pb2 import Event
@@ -72,6 +75,50 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+# ----------------------------------------------------------------------- protobuf wire format
+# A scalar event is small and fixed in shape, so it is encoded here directly, several times
+# faster than building the messages: Event {wall_time = 1 (double), step = 2 (int64),
+# summary = 5}, Summary {repeated value = 1}, Value {tag = 1 (string), simple_value = 2 (float)}.
+# A test checks the bytes decode to the same Event as protobuf's own.
+_DOUBLE = struct.Struct("<d")
+_FLOAT = struct.Struct("<f")
+
+
+def _varint(number: int) -> bytes:
+    number &= 0xFFFFFFFFFFFFFFFF  # a negative int64 is sent as its two's complement
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _value_prefix(tag: str) -> bytes:
+    """Everything of a Summary.value entry but the float's 4 bytes."""
+    name = tag.encode()
+    value = b"\x0a" + _varint(len(name)) + name + b"\x15"  # tag, then simple_value's key
+    return b"\x0a" + _varint(len(value) + 4) + value
+
+
+def _float32(value: float) -> bytes:
+    try:
+        return _FLOAT.pack(value)
+    except OverflowError:  # beyond float32: infinite, as protobuf stores it
+        return _FLOAT.pack(math.copysign(math.inf, value))
+
+
+def scalar_event(step: int, wall_time: float, scalars: Iterable[tuple[str, float]]) -> bytes:
+    """The serialized Event of one step's `simple_value` scalars."""
+    summary = b"".join(_value_prefix(tag) + _float32(value) for tag, value in scalars)
+    return (
+        b"\x09" + _DOUBLE.pack(wall_time)
+        + b"\x10" + _varint(step)
+        + b"\x2a" + _varint(len(summary)) + summary
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------- the writer
 _file_numbers = itertools.count()  # keeps two writers of one process in one second apart
 
@@ -94,8 +141,15 @@ class EventFileWriter:
     def add_summary(self, summary: Summary, step: int, wall_time: float) -> None:
         self.write(Event(wall_time=wall_time, step=step, summary=summary))
 
+    def add_scalars(
+        self, step: int, wall_time: float, scalars: Iterable[tuple[str, float]]
+    ) -> None:
+        self._write_record(scalar_event(step, wall_time, scalars))
+
     def write(self, event: Event) -> None:
-        data = event.SerializeToString()
+        self._write_record(event.SerializeToString())
+
+    def _write_record(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))
         self._file.write(
             header

@@ -94,8 +94,6 @@ class TensorBoardSink:
         self.events.flush()
 
     def _write_pending(self) -> None:
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
         tensors = [
             value
             for _, _, scalars in self._pending
@@ -105,13 +103,10 @@ class TensorBoardSink:
         read_back = iter(_to_floats(tensors))
         for step, wall_time, scalars in self._pending:
             values = [
-                Summary.Value(
-                    tag=tag,
-                    simple_value=next(read_back) if isinstance(value, Tensor) else float(value),
-                )
+                (tag, next(read_back) if isinstance(value, Tensor) else float(value))
                 for tag, value in scalars.items()
             ]
-            self.events.add_summary(Summary(value=values), step, wall_time)
+            self.events.add_scalars(step, wall_time, values)
         self._pending.clear()
         self._last_write = time.monotonic()
 

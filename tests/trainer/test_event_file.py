@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
+import pytest
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
-from trainer.event_file import EventFileWriter, crc32c, masked_crc32c
+from trainer.event_file import EventFileWriter, crc32c, masked_crc32c, scalar_event
 
 
 def test_crc32c_gives_the_standard_check_value() -> None:
@@ -41,3 +44,26 @@ def test_events_read_back_in_order_and_two_writers_get_two_files(tmp_path: Path)
         (1, 101.0, 0.25),
         (2, 102.0, 0.5),
     ]
+
+
+@pytest.mark.parametrize(
+    ("step", "wall_time", "scalars"),
+    [
+        (300, 1.5e9, [("train/loss", 0.25), ("optim/lr", 1e-3)]),
+        (0, 0.0, [("train/loss", 0.0)]),  # zeros, which protobuf itself would leave out
+        (-1, 2.0, [("t" * 200, -1e40), ("nan", math.nan)]),  # long tag, float32 overflow
+    ],
+)
+def test_hand_encoded_scalar_event_decodes_like_protobufs(
+    step: int, wall_time: float, scalars: list[tuple[str, float]]
+) -> None:
+    expected = Event(
+        wall_time=wall_time,
+        step=step,
+        summary=Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars]),
+    )
+    decoded = Event.FromString(scalar_event(step, wall_time, scalars))
+    assert (decoded.wall_time, decoded.step) == (expected.wall_time, expected.step)
+    # repr: exact float32 values, and nan equal to nan
+    got = [(v.tag, repr(v.simple_value)) for v in decoded.summary.value]
+    assert got == [(v.tag, repr(v.simple_value)) for v in expected.summary.value]
