@@ -53,15 +53,17 @@ class InMemoryLoader:
         # without a GPU there is nothing to pin for.
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.drop_last = drop_last
+        # The trainer asks for the length every step; the dataset does not change.
+        full, rest = divmod(len(dataset), batch_size)
+        self._length = full if drop_last or rest == 0 else full + 1
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.dataset), self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        return self._length
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.dataset)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for index in order[: len(self) * self.batch_size].split(self.batch_size):
+        for index in order[: self._length * self.batch_size].split(self.batch_size):
             inputs, targets = self.dataset.__getitems__(index)
             if self.pin_memory:
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()

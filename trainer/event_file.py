@@ -4,8 +4,8 @@ The format is TFRecord: each serialized `Event` framed by its length and two mas
 checksums. TensorBoard's own writer (the one behind `SummaryWriter`) computes those checksums a
 byte at a time in pure Python on a background thread when TensorFlow is not installed: about
 20 µs per logged step, for which the training thread then waits on the GIL. This writer
-computes the same checksum 16 bits at a time (about four times faster) and writes when its sink
-flushes a batch of steps.
+checksums a sink's whole batch of steps at once with numpy (about 1 µs per step), and writes in
+the caller's thread.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -69,10 +70,45 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def masked_crc32c(data: bytes) -> int:
+_LOW_NP, _HIGH_NP = np.frombuffer(_LOW, dtype=np.uint32), np.frombuffer(_HIGH, dtype=np.uint32)
+
+
+def crc32c_many(records: Sequence[bytes]) -> list[int]:
+    """`crc32c` of each record, all records advanced together by one numpy lookup per word.
+
+    Started from 0 instead of 0xFFFFFFFF, the CRC register ignores leading zero bytes, so the
+    records are left-padded to one length and run in lockstep. The CRC is linear: the start
+    value's share is added back afterwards, and it depends on a record's length alone.
+    """
+    width = -(-max(map(len, records)) // 4) * 4  # whole 4-byte words
+    padded = b"".join(bytes(width - len(record)) + record for record in records)
+    words = np.frombuffer(padded, dtype="<u4").reshape(len(records), width // 4)
+    register = np.zeros(len(records), dtype=np.uint32)
+    for column in words.T:
+        register ^= column
+        register = _LOW_NP[register & 0xFFFF] ^ _HIGH_NP[register >> 16]
+    return [
+        crc ^ _start_share(len(record)) ^ 0xFFFFFFFF
+        for crc, record in zip(register.tolist(), records, strict=True)
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _start_share(length: int) -> int:
+    """What the start value 0xFFFFFFFF contributes to the CRC of `length` bytes."""
+    crc = 0xFFFFFFFF
+    for _ in range(length):
+        crc = _BYTE[crc & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def mask(crc: int) -> int:
     """The checksum as TFRecord stores it (rotated and offset, so that a CRC of CRCs differs)."""
-    crc = crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    return mask(crc32c(data))
 
 
 # ----------------------------------------------------------------------- protobuf wire format
@@ -121,6 +157,16 @@ def scalar_event(step: int, wall_time: float, scalars: Iterable[tuple[str, float
 
 # ---------------------------------------------------------------------------------- the writer
 _file_numbers = itertools.count()  # keeps two writers of one process in one second apart
+_U32 = struct.Struct("<I")
+_BATCH = 8  # from this many records on, numpy's per-call overhead pays off
+
+
+@functools.lru_cache(maxsize=1024)
+def _record_header(length: int) -> bytes:
+    """A record's length and the length's masked CRC (lengths repeat: scalar events of one run
+    have only a few)."""
+    header = struct.pack("<Q", length)
+    return header + _U32.pack(masked_crc32c(header))
 
 
 class EventFileWriter:
@@ -141,21 +187,25 @@ class EventFileWriter:
     def add_summary(self, summary: Summary, step: int, wall_time: float) -> None:
         self.write(Event(wall_time=wall_time, step=step, summary=summary))
 
-    def add_scalars(
-        self, step: int, wall_time: float, scalars: Iterable[tuple[str, float]]
-    ) -> None:
-        self._write_record(scalar_event(step, wall_time, scalars))
+    def add_scalars(self, steps: Sequence[tuple[int, float, Iterable[tuple[str, float]]]]) -> None:
+        """One event per (step, wall time, [(tag, value), ...])."""
+        self._write_records([scalar_event(*step) for step in steps])
 
     def write(self, event: Event) -> None:
-        self._write_record(event.SerializeToString())
+        self._write_records([event.SerializeToString()])
 
-    def _write_record(self, data: bytes) -> None:
-        header = struct.pack("<Q", len(data))
+    def _write_records(self, records: Sequence[bytes]) -> None:
+        if not records:
+            return
+        if len(records) >= _BATCH:
+            checksums = crc32c_many(records)
+        else:
+            checksums = [crc32c(record) for record in records]
         self._file.write(
-            header
-            + struct.pack("<I", masked_crc32c(header))
-            + data
-            + struct.pack("<I", masked_crc32c(data))
+            b"".join(
+                _record_header(len(record)) + record + _U32.pack(mask(checksum))
+                for record, checksum in zip(records, checksums, strict=True)
+            )
         )
 
     def flush(self) -> None:

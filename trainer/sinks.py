@@ -101,12 +101,14 @@ class TensorBoardSink:
             if isinstance(value, Tensor)
         ]
         read_back = iter(_to_floats(tensors))
+        steps = []
         for step, wall_time, scalars in self._pending:
             values = [
                 (tag, next(read_back) if isinstance(value, Tensor) else float(value))
                 for tag, value in scalars.items()
             ]
-            self.events.add_scalars(step, wall_time, values)
+            steps.append((step, wall_time, values))
+        self.events.add_scalars(steps)
         self._pending.clear()
         self._last_write = time.monotonic()
 

@@ -11,7 +11,13 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
-from trainer.event_file import EventFileWriter, crc32c, masked_crc32c, scalar_event
+from trainer.event_file import (
+    EventFileWriter,
+    crc32c,
+    crc32c_many,
+    masked_crc32c,
+    scalar_event,
+)
 
 
 def test_crc32c_gives_the_standard_check_value() -> None:
@@ -24,6 +30,12 @@ def test_masked_crc32c_matches_tensorboards_for_every_length_and_alignment() -> 
     for length in range(70):
         data = bytes(rng.randrange(256) for _ in range(length))
         assert masked_crc32c(data) == reference(data), length
+
+
+def test_batched_crc32c_equals_one_at_a_time_for_mixed_lengths() -> None:
+    rng = random.Random(1)
+    records = [bytes(rng.randrange(256) for _ in range(rng.randrange(300))) for _ in range(40)]
+    assert crc32c_many([*records, b""]) == [crc32c(record) for record in [*records, b""]]
 
 
 def test_events_read_back_in_order_and_two_writers_get_two_files(tmp_path: Path) -> None:
