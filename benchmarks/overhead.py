@@ -320,8 +320,8 @@ def machine() -> str:
     except (OSError, subprocess.CalledProcessError, StopIteration):
         pass
     return (
-        f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        f"{model}, {os.cpu_count()} cores, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}"
     )
 
 

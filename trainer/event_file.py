@@ -181,17 +181,19 @@ class EventFileWriter:
         self.path = log_dir / name
         self._file = self.path.open("xb")
         # Readers expect a file to open with its format version.
-        self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.add_event(Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
 
-    def add_summary(self, summary: Summary, step: int, wall_time: float) -> None:
-        self.write(Event(wall_time=wall_time, step=step, summary=summary))
+    def add_summary(self, summary: Summary, step: int, wall_time: float | None = None) -> None:
+        """Any summary (text, hparams, images, histograms ...) at `step`; wall time: now."""
+        wall_time = time.time() if wall_time is None else wall_time
+        self.add_event(Event(wall_time=wall_time, step=step, summary=summary))
 
     def add_scalars(self, steps: Sequence[tuple[int, float, Iterable[tuple[str, float]]]]) -> None:
         """One event per (step, wall time, [(tag, value), ...])."""
         self._write_records([scalar_event(*step) for step in steps])
 
-    def write(self, event: Event) -> None:
+    def add_event(self, event: Event) -> None:
         self._write_records([event.SerializeToString()])
 
     def _write_records(self, records: Sequence[bytes]) -> None:

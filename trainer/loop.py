@@ -137,7 +137,7 @@ class Trainer:
                     param_norms: dict[str, Tensor] = {}
                     if log_now or settings.grad_clip is not None:
                         param_norms = self._gradient_norms()
-                        grad_norm = torch.linalg.vector_norm(torch.stack([*param_norms.values()]))
+                        grad_norm = self._global_norm(param_norms)
                         if settings.grad_clip is not None:
                             torch.nn.utils.clip_grads_with_norm_(
                                 params, settings.grad_clip, grad_norm
@@ -331,6 +331,14 @@ class Trainer:
         names = [n for n, p in self.named_parameters if p.grad is not None]
         grads = [p.grad for _, p in self.named_parameters if p.grad is not None]
         return dict(zip(names, torch._foreach_norm(grads), strict=True))
+
+    @staticmethod
+    def _global_norm(param_norms: dict[str, Tensor]) -> Tensor:
+        """The L2 norm of all gradients together: the norm of the per-parameter norms."""
+        norms = list(param_norms.values())
+        if len(norms) == 1:  # one parameter tensor (the objective problems): its own norm
+            return norms[0]
+        return torch.linalg.vector_norm(torch.stack(norms))
 
     def _log(
         self, loss: Tensor, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float

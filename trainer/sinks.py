@@ -115,7 +115,7 @@ class TensorBoardSink:
     def log_text(self, tag: str, text: str) -> None:
         from torch.utils.tensorboard.summary import text as text_summary
 
-        self.events.add_summary(text_summary(tag, text), step=0, wall_time=time.time())
+        self.events.add_summary(text_summary(tag, text), step=0)
 
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
@@ -126,7 +126,7 @@ class TensorBoardSink:
 
         experiment, session_start, session_end = hparams_summaries(dict(hparams), dict(metrics))
         for summary in (experiment, session_start, session_end):
-            self.events.add_summary(summary, step, wall_time=time.time())
+            self.events.add_summary(summary, step)
         self.log_scalars(metrics, step)
 
     def close(self) -> None:

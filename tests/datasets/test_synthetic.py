@@ -79,12 +79,15 @@ def test_in_memory_loader_counts_and_drops_the_last_partial_batch() -> None:
     assert len(dropped) == 2 and [len(t) for _, t in dropped] == [4, 4]
 
 
-def test_each_epoch_is_a_new_seeded_permutation() -> None:
+def test_epoch_e_is_the_permutation_seeded_with_seed_plus_e() -> None:
     dataset = RegressionDataset(64, 2, seed=0)
-    loader = build_dataloader(dataset, batch_size=64, shuffle=True, seed=0)
-    first, second = (targets for _, targets in [*loader, *loader])
-    assert not torch.equal(first, second)
-    assert torch.equal(first.sort().values, second.sort().values)
+    loader = build_dataloader(dataset, batch_size=16, shuffle=True, seed=3)
+    epochs = [torch.cat([targets for _, targets in loader]) for _ in range(2)]
+    for epoch, targets in enumerate(epochs):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(3 + epoch))
+        assert torch.equal(targets, dataset.targets[order])
+    loader.set_epoch(1)  # e.g. a run resumed in its second epoch
+    assert torch.equal(torch.cat([targets for _, targets in loader]), epochs[1])
 
 
 def test_worker_processes_get_a_torch_dataloader() -> None:
