@@ -39,8 +39,9 @@ class ManualSGD(torch.optim.Optimizer):
 
     # torch wraps these in `torch._disable_dynamo`, which imports torch._dynamo (about a second
     # of start-up) the first time any optimizer calls them, and `__init__` calls
-    # `add_param_group`. This eager-only optimizer runs torch's own unwrapped code instead; with
-    # another torch whose methods are not wrapped this way, it falls back to them unchanged.
+    # `add_param_group`. The wrapper only matters under torch.compile, which gradtrain does not
+    # use: ManualSGD runs torch's own unwrapped code. (A torch whose methods are not wrapped this
+    # way gives them unchanged.)
     add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
     state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
     load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
