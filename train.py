@@ -8,6 +8,7 @@ torchrun --nproc_per_node=2 train.py experiment=linear_regression   (README: Sca
 
 from __future__ import annotations
 
+import gc
 import getpass
 import logging
 import os
@@ -87,5 +88,9 @@ def _quiet_worker_overrides() -> list[str]:
 if __name__ == "__main__":
     sys.argv += _quiet_worker_overrides()
     main()
+    # Every file the run writes is closed by now (logging's handlers close at exit). Exempt the
+    # objects torch, Hydra and pydantic created from the interpreter's final garbage collection,
+    # which would only free memory the exit frees anyway: about 0.4 s, a quarter of a short run.
+    gc.freeze()
     # Non-zero when a job of a sweep failed or diverged (see trainer/sweep_summary.py).
     sys.exit(sweep_exit_status())

@@ -342,6 +342,9 @@ class TrainerConfig(StrictModel):
     # Under torchrun: how long a collective (an all-reduce, a broadcast) may wait for the other
     # ranks before the job fails, so a dead or stuck rank ends the job instead of hanging it.
     dist_timeout_s: PositiveInt = 300
+    # bf16: forward and loss under torch.autocast (matmuls in bfloat16); parameters,
+    # gradients and the optimizer stay float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     @model_validator(mode="after")
     def _has_a_limit(self) -> TrainerConfig:

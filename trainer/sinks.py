@@ -6,18 +6,20 @@ TensorBoard is imported only when a TensorBoard sink is made, keeping `logger=no
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+
+import torch
+from torch import Tensor
 
 from trainer.dashboard import CHART_LAYOUT, hparams_summaries
 
-if TYPE_CHECKING:
-    from torch import Tensor
-    from torch.utils.tensorboard import SummaryWriter
-
 HParamValue = int | float | str | bool
-# Scalars may arrive as 0-d device tensors; a sink reads them back when it writes them.
+# Scalars may arrive as 0-d device tensors, which a sink may keep and read back later (in
+# batches, to spare the device a synchronisation per value): callers must not modify a tensor
+# after logging it.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -67,25 +69,79 @@ class NullSink:
 
 
 class TensorBoardSink:
-    """Writes one event file per run under `log_dir`."""
+    """Writes one event file per run under `log_dir`.
 
-    def __init__(self, log_dir: Path, flush_secs: int = 30, purge_step: int | None = None) -> None:
-        """`purge_step`: a resumed run's first new step; TensorBoard then drops the events an
-        interrupted session wrote from that step on, so no step appears twice."""
-        from torch.utils.tensorboard import SummaryWriter
+    Logged scalars wait in memory, device tensors included, until `max_pending_steps` logging
+    steps have gathered or `flush_secs` have passed since the last write (checked when scalars
+    arrive), and always on `flush()` (before each checkpoint) and `close()`. Then all pending
+    tensors are read back with one `.tolist()` per device (a GPU synchronises once per batch,
+    not once per value) and each logging step becomes one event with its own step number and
+    wall time, so the charts keep every step. (`SummaryWriter.add_scalar` reads each value back
+    on its own, and its writer thread checksums one event per value in pure Python.)
+
+    `purge_step`: a resumed run's first new step; TensorBoard then drops the events an
+    interrupted session wrote from that step on, so no step appears twice.
+    """
+
+    def __init__(
+        self,
+        log_dir: Path,
+        flush_secs: int = 30,
+        purge_step: int | None = None,
+        max_pending_steps: int = 256,
+    ) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from torch.utils.tensorboard.summary import custom_scalars
+
+        from trainer.event_file import EventFileWriter
 
         self.log_dir = log_dir
-        self.writer: SummaryWriter = SummaryWriter(
-            log_dir=str(log_dir), flush_secs=flush_secs, purge_step=purge_step
-        )
-        self.writer.add_custom_scalars(CHART_LAYOUT)
+        self.flush_secs = flush_secs
+        self.max_pending_steps = max_pending_steps
+        self.events = EventFileWriter(log_dir)
+        if purge_step is not None:  # what SummaryWriter(purge_step=...) writes
+            restart = SessionLog(status=SessionLog.START)
+            self.events.add_event(
+                Event(wall_time=time.time(), step=purge_step, session_log=restart)
+            )
+        self.events.add_summary(custom_scalars(CHART_LAYOUT), step=0)
+        self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []  # step, wall time
+        self._last_write = time.monotonic()
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
-        for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, global_step=step)
+        self._pending.append((step, time.time(), dict(scalars)))
+        if len(self._pending) >= self.max_pending_steps:
+            self._write_pending()
+        elif time.monotonic() - self._last_write >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        self._write_pending()
+        self.events.flush()
+
+    def _write_pending(self) -> None:
+        tensors = [
+            value
+            for _, _, scalars in self._pending
+            for value in scalars.values()
+            if isinstance(value, torch.Tensor)
+        ]
+        read_back = iter(_to_floats(tensors))
+        steps = []
+        for step, wall_time, scalars in self._pending:
+            values = [
+                (tag, next(read_back) if isinstance(value, torch.Tensor) else float(value))
+                for tag, value in scalars.items()
+            ]
+            steps.append((step, wall_time, values))
+        self.events.add_scalars(steps)
+        self._pending.clear()
+        self._last_write = time.monotonic()
 
     def log_text(self, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text)
+        from torch.utils.tensorboard.summary import text as text_summary
+
+        self.events.add_summary(text_summary(tag, text), step=0)
 
     def log_image(self, tag: str, png: bytes, step: int) -> None:
         # The PNG goes into the event file as it is: add_image would want it decoded to pixels
@@ -94,27 +150,45 @@ class TensorBoardSink:
 
         width, height = png_size(png)
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png)
-        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
-        self.writer._get_file_writer().add_summary(summary, global_step=step)
+        self.events.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
+        from torch.utils.tensorboard.summary import histogram
+
+        self.events.add_summary(
+            histogram(tag, values.detach().float().cpu().numpy(), bins="auto"), step
+        )
 
     def log_hparams(
         self, hparams: Mapping[str, HParamValue], metrics: Mapping[str, float], step: int
     ) -> None:
         # SummaryWriter.add_hparams would write into a new sub-run; writing the hparams records
         # into this run's own file keeps config, metrics and curves in one run.
-        file_writer = self.writer._get_file_writer()
         for summary in hparams_summaries(hparams):
-            file_writer.add_summary(summary, global_step=step)
+            self.events.add_summary(summary, step)
         self.log_scalars(metrics, step)
 
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def log_histogram(self, tag: str, values: Tensor, step: int) -> None:
-        self.writer.add_histogram(tag, values, global_step=step)
-
     def close(self) -> None:
-        self.writer.close()
+        try:
+            self.flush()
+        finally:
+            self.events.close()
+
+
+@torch.no_grad()
+def _to_floats(tensors: list[Tensor]) -> list[float]:
+    """The values of one-element tensors, read back with one transfer per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    values = [0.0] * len(tensors)
+    for indices in by_device.values():
+        # One stack, one copy to the host; stack promotes mixed dtypes (bf16, int64) to float.
+        group = [tensors[i].reshape(()) for i in indices]
+        stacked = torch.stack(group).float().tolist()
+        for index, value in zip(indices, stacked, strict=True):
+            values[index] = value
+    return values
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import DataLoader
 
-from datasets import ClassificationDataset, RegressionDataset, build_dataloader
+from datasets import ClassificationDataset, EpochSampler, RegressionDataset, build_dataloader
+from datasets.loaders import keep_batch
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:
@@ -67,3 +69,34 @@ def test_moons_are_two_interleaved_half_circles() -> None:
     upper = data.inputs[data.targets == 0]
     assert torch.allclose(upper.norm(dim=1), torch.ones(len(upper)), atol=1e-6)
     assert (upper[:, 1] >= 0).all()
+
+
+def test_loader_fetches_whole_batches_and_drops_the_last_partial_one() -> None:
+    dataset = RegressionDataset(10, 2, seed=0)
+    kept = build_dataloader(dataset, batch_size=4, shuffle=True, seed=0)
+    dropped = build_dataloader(dataset, batch_size=4, shuffle=True, seed=0, drop_last=True)
+    assert isinstance(kept, DataLoader) and kept.collate_fn is keep_batch  # __getitems__ path
+    assert len(kept) == 3 and [len(t) for _, t in kept] == [4, 4, 2]
+    assert len(dropped) == 2 and [len(t) for _, t in dropped] == [4, 4]
+
+
+def test_epoch_e_is_the_permutation_seeded_with_seed_plus_e() -> None:
+    dataset = RegressionDataset(64, 2, seed=0)
+    loader = build_dataloader(dataset, batch_size=16, shuffle=True, seed=3)
+    sampler = loader.sampler
+    assert isinstance(sampler, EpochSampler)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        epochs.append(torch.cat([targets for _, targets in loader]))
+    for epoch, targets in enumerate(epochs):
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(3 + epoch))
+        assert torch.equal(targets, dataset.targets[order])
+    sampler.set_epoch(1)  # e.g. a run resumed in its second epoch
+    assert torch.equal(torch.cat([targets for _, targets in loader]), epochs[1])
+
+
+def test_worker_processes_serve_the_same_batches() -> None:
+    dataset = RegressionDataset(10, 2, seed=0)
+    loader = build_dataloader(dataset, batch_size=4, shuffle=False, num_workers=1, seed=0)
+    assert torch.equal(torch.cat([t for _, t in loader]), dataset.targets)

@@ -93,6 +93,7 @@ def problems_for(raw: dict[str, Any]) -> list[str]:
         (["optimizer.lr=fast"], "optimizer.lr: Input should be a valid number"),
         (["trainer.max_steps=0"], "trainer.max_steps: Input should be greater than 0"),
         (["trainer.device=tpu"], "trainer.device: Input should be 'auto', 'cpu', 'cuda' or 'mps'"),
+        (["trainer.precision=fp16"], "trainer.precision: Input should be 'fp32' or 'bf16'"),
         (["loss.reduction=max"], "loss.reduction: Input should be 'sum', 'mean' or 'none'"),
         (
             ["experiment=linear_regression", "dataset.batch_size=0"],

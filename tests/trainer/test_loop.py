@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,34 @@ def test_a_finished_run_is_never_overwritten(composed: Compose, tmp_path: Path) 
     with pytest.raises(GradtrainError, match="already holds a run"):
         run(composed("logger=none", "optimizer.lr=0.5"), tmp_path)
     assert (tmp_path / "summary.json").read_bytes() == before
+
+
+def test_bf16_runs_the_forward_in_bfloat16_and_keeps_float32_weights(composed: Compose) -> None:
+    raw = composed(
+        "experiment=linear_regression",
+        "logger=none",
+        "trainer.precision=bf16",
+        "trainer.log_every_n_steps=1",
+        "trainer.max_epochs=5",
+    )
+    sink = RecordingSink()
+    trainer = build_trainer(validate_config(raw), sink)
+    forward_dtypes: set[torch.dtype] = set()
+    gradient_dtypes: set[torch.dtype] = set()
+    trainer.model.register_forward_hook(lambda _m, _i, out: forward_dtypes.add(out.dtype))
+    for parameter in trainer.model.parameters():
+        parameter.register_hook(lambda grad: gradient_dtypes.add(grad.dtype))
+    result = trainer.fit()
+    assert forward_dtypes == {torch.bfloat16}
+    assert gradient_dtypes == {torch.float32}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert math.isfinite(result.final_loss)
+    assert result.final_loss < sink.scalars["train/loss"][0][1] / 10
+
+
+def test_bf16_leaves_an_objective_of_float32_parameters_exact(
+    composed: Compose, tmp_path: Path
+) -> None:
+    fp32 = run(composed("logger=none"), tmp_path / "fp32")
+    bf16 = run(composed("logger=none", "trainer.precision=bf16"), tmp_path / "bf16")
+    assert bf16["params"] == fp32["params"]  # x**2 has no bf16 kernel under autocast

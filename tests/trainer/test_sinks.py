@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import read_scalars
+from test_loop import RecordingSink
 
+from trainer.build import build_trainer
+from trainer.config import validate_config
+from trainer.losses import QuadraticLoss
 from trainer.run import flatten_hparams, run
+from trainer.sinks import TensorBoardSink
 
 
 def read_run(log_dir: Path) -> Any:
@@ -87,3 +94,66 @@ def test_custom_scalars_layout_groups_loss_gradients_and_optimizer(quadratic_run
     assert charts[("loss", "train vs val")] == [r"^train/loss$", r"^val/loss$"]
     assert ("gradients", "grad norm per parameter") in charts
     assert charts[("optimizer", "learning rate")] == [r"^optim/lr$"]
+
+
+class Tee:
+    """Hands every call to both sinks: what the loop logged, and what TensorBoard got."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> None:
+            for sink in self.sinks:
+                getattr(sink, name)(*args, **kwargs)
+
+        return call
+
+
+def test_logging_every_step_writes_every_value_at_its_true_step(
+    composed: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    raw = composed("trainer.max_steps=1000", "trainer.log_every_n_steps=1", "optimizer.lr=0.001")
+    recorded, tensorboard = RecordingSink(), TensorBoardSink(tmp_path)  # writes every 256 steps
+    build_trainer(validate_config(raw), Tee(recorded, tensorboard)).fit()
+    tensorboard.close()
+    written = read_scalars(tmp_path)
+    for tag in ("train/loss", "train/grad_norm", "optim/lr"):
+        assert [step for step, _ in written[tag]] == list(range(1, 1001)), tag
+        assert [value for _, value in written[tag]] == pytest.approx(
+            [value for _, value in recorded.scalars[tag]], rel=1e-6
+        )
+
+
+def test_scalars_logged_before_a_failure_reach_the_event_file(
+    composed: Callable[..., dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = itertools.count(1)
+    forward = QuadraticLoss.forward
+
+    def fail_on_the_eighth_call(self: QuadraticLoss, x: torch.Tensor, target: None = None) -> Any:
+        if next(calls) == 8:
+            raise RuntimeError("diverged")
+        return forward(self, x, target)
+
+    monkeypatch.setattr(QuadraticLoss, "forward", fail_on_the_eighth_call)
+    with pytest.raises(RuntimeError, match="diverged"):
+        run(composed("trainer.log_every_n_steps=1"), tmp_path)
+    steps = [step for step, _ in read_scalars(tmp_path / "tensorboard")["train/loss"]]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_flush_reads_back_device_tensors_of_any_dtype(tmp_path: Path) -> None:
+    sink = TensorBoardSink(tmp_path)
+    sink.log_scalars({"a": torch.tensor(1.5, dtype=torch.bfloat16), "b": 2.0}, step=3)
+    sink.log_scalars({"a": torch.tensor(4), "b": torch.tensor([0.25])}, step=7)
+    sink.flush()
+    assert read_scalars(tmp_path) == {"a": [(3, 1.5), (7, 4.0)], "b": [(3, 2.0), (7, 0.25)]}
+    sink.close()
+
+
+def test_values_wait_no_longer_than_flush_secs(tmp_path: Path) -> None:
+    sink = TensorBoardSink(tmp_path, flush_secs=0)  # every call is already overdue
+    sink.log_scalars({"train/loss": torch.tensor(0.5)}, step=1)
+    assert read_scalars(tmp_path) == {"train/loss": [(1, 0.5)]}
+    sink.close()

@@ -1,0 +1,82 @@
+"""ManualSGD stays a full torch.optim.Optimizer while skipping what only costs time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from trainer.optim import ManualSGD
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def manual_sgd() -> tuple[torch.nn.Parameter, ManualSGD]:
+    x = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    x.grad = torch.ones(2)
+    return x, ManualSGD([x], lr=0.5)
+
+
+def test_step_hooks_run_around_the_update() -> None:
+    x, optimizer = manual_sgd()
+    seen: list[tuple[str, list[float]]] = []
+
+    def record(when: str) -> Any:
+        return lambda *_: seen.append((when, x.detach().tolist()))
+
+    optimizer.register_step_pre_hook(record("pre"))
+    optimizer.register_step_post_hook(record("post"))
+    global_hook = register_optimizer_step_post_hook(record("global"))
+    try:
+        optimizer.step()
+    finally:
+        global_hook.remove()
+    assert seen == [("pre", [1.0, 2.0]), ("post", [0.5, 1.5]), ("global", [0.5, 1.5])]
+
+
+def test_step_shows_in_the_profiler() -> None:
+    _, optimizer = manual_sgd()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        optimizer.step()
+    assert "Optimizer.step#ManualSGD.step" in {event.name for event in profile.events()}
+
+
+def test_state_dict_round_trips_with_momentum() -> None:
+    x = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    optimizer = ManualSGD([x], lr=0.1, momentum=0.9)
+    x.grad = torch.ones(2)
+    optimizer.step()
+    restored = ManualSGD([x], lr=0.3, momentum=0.0)
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.param_groups[0]["lr"] == 0.1 and restored.param_groups[0]["momentum"] == 0.9
+    assert torch.equal(restored.state[x]["velocity"], torch.ones(2))
+
+
+def test_manual_sgd_with_a_scheduler_never_imports_dynamo() -> None:
+    # torch.optim wraps add_param_group and state_dict so that their first call imports
+    # torch._dynamo (about a second); ManualSGD, the default optimizer, must not pay it.
+    script = textwrap.dedent(
+        """
+        import sys
+        import torch
+        from trainer.optim import ManualSGD
+        x = torch.nn.Parameter(torch.ones(3))
+        optimizer = ManualSGD([x], lr=0.1, momentum=0.5)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+        (x**2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        optimizer.load_state_dict(optimizer.state_dict())
+        assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
