@@ -189,7 +189,7 @@ class Trainer:
         """Steps over the rest of the current epoch, until it ends or the run must stop."""
         settings, state = self.settings, self.state
         params = [p for _, p in self.named_parameters]
-        window_loss = torch.zeros((), device=self.device)  # loss over accumulated batches
+        window_loss: Tensor | None = None  # the loss over the accumulated batches, on device
 
         for batch in self._epoch_batches():
             # Under torchrun, backward also averages the gradients over ranks, but only on the
@@ -214,7 +214,8 @@ class Trainer:
                         raise
                     self._diverged(f"autograd anomaly at step {state.step + 1}: {error}")
                     return
-            window_loss += self._scalar(loss.detach())
+            batch_loss = self._scalar(loss.detach())
+            window_loss = batch_loss if window_loss is None else window_loss + batch_loss
             state.batch_in_epoch += 1
             if not closes_window:
                 continue
@@ -226,17 +227,20 @@ class Trainer:
             is_last = self._limit_reached(step=state.step + 1) is not None
             log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
 
-            # Gradient norms: one fused kernel over all parameters, only when needed.
+            # Gradient norms: one fused kernel over all parameters, only when needed (the
+            # non-finite guard reads the per-parameter ones; logging and clipping the global).
             param_norms: dict[str, Tensor] = {}
-            if log_now or settings.grad_clip is not None or settings.on_nonfinite != "off":
+            needs_global_norm = log_now or settings.grad_clip is not None
+            if needs_global_norm or settings.on_nonfinite != "off":
                 param_norms = self._gradient_norms()
+            if needs_global_norm:
                 self._grad_norm = self._global_norm(param_norms)
             if settings.on_nonfinite != "off":
                 finite = torch.isfinite(torch.stack([window_loss, *param_norms.values()]))
                 if settings.on_nonfinite == "skip" and not bool(finite.all()):
                     # Synchronises every step: the price of deciding before the update.
                     self._skip_update(finite)
-                    window_loss = torch.zeros((), device=self.device)
+                    window_loss = None
                     if self._stop_reason is not None:
                         return
                     continue
@@ -261,7 +265,7 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             state.step += 1
-            self._objective, window_loss = window_loss, torch.zeros((), device=self.device)
+            self._objective, window_loss = window_loss, None
             state.best_loss = torch.minimum(state.best_loss, self._objective)  # no sync
 
             if log_now:
