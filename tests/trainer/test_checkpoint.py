@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -168,8 +167,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path: Path
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_checkpoint(path)
     assert not marker.exists()
-    with path.open("rb") as file:  # the file really does carry the payload
-        assert b"touch" in file.read() or pickle.HIGHEST_PROTOCOL
+    assert b"touch" in path.read_bytes()  # the file really does carry the payload
 
 
 def test_truncated_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
