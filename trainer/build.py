@@ -86,7 +86,7 @@ def build_trainer(
         stop_request=stop_request,
         views=build_views(cfg.logger, sink, model),
     )
-    trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer._total_steps())
+    trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.total_steps())
     return trainer
 
 

@@ -31,12 +31,6 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
-def env_rank() -> int:
-    """This process's global rank from the environment; usable before the process group exists
-    (e.g. in `train.py`, before Hydra makes folders)."""
-    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -159,10 +153,6 @@ class CollectiveStop:
         self.every = every
         self._polls = 0
         self._agreed = False
-
-    @property
-    def signal_number(self) -> int | None:
-        return self.local.signal_number  # type: ignore[no-any-return]
 
     @property
     def requested(self) -> bool:

@@ -165,7 +165,7 @@ class Trainer:
         anomaly = (
             torch.autograd.detect_anomaly() if settings.detect_anomaly else contextlib.nullcontext()
         )
-        progress = ProgressBar(self._total_steps(), enabled=settings.progress_bar)
+        progress = ProgressBar(self.total_steps(), enabled=settings.progress_bar)
         progress.update(state.step)  # a resumed run starts part way
         with progress, anomaly:
             self._stop_reason = self._limit_reached()  # a resumed run may have nothing left
@@ -466,7 +466,7 @@ class Trainer:
             done == self._batches_per_epoch()
         )
 
-    def _total_steps(self) -> int:
+    def total_steps(self) -> int:
         limits = []
         if self.settings.max_steps is not None:
             limits.append(self.settings.max_steps)

@@ -17,15 +17,17 @@ from torch import Tensor
 from trainer.dashboard import CHART_LAYOUT, hparams_summaries
 
 HParamValue = int | float | str | bool
-# Scalars may arrive as 0-d device tensors, which a sink may keep and read back later (in
-# batches, to spare the device a synchronisation per value): callers must not modify a tensor
-# after logging it.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class MetricSink(Protocol):
     """Receives scalars (and figures) during training and the run's description at its start and
-    end."""
+    end.
+
+    Scalars may arrive as 0-d device tensors, which a sink may keep and read back later (in
+    batches, to spare the device a synchronisation per value): callers must not modify a tensor
+    after logging it.
+    """
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None: ...
 
