@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,13 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
     if result.stop_reason == "diverged":
         raise TrainingDiverged(f"{result.message} {_lr_hint(cfg)}")
     if result.stop_reason == "interrupted":
-        assert stop.signal_number is not None
+        # Under torchrun a rank may stop because another rank got the signal: it exits as
+        # if terminated, the way torchrun stops workers.
+        signal_number = stop.signal_number or signal.SIGTERM
         raise TrainingInterrupted(
             f"{result.message}; checkpoint saved. Continue with the same command plus "
             f"trainer.resume=auto hydra.run.dir={run_dir}",
-            stop.signal_number,
+            signal_number,
         )
     return summary
 
