@@ -6,7 +6,7 @@ package is found first.
 
 from datasets.csv_table import CsvData, DataError, load_csv
 from datasets.loaders import build_dataloader
-from datasets.samplers import EpochSampler
+from datasets.samplers import EpochBatchSampler, EpochSampler
 from datasets.synthetic import ClassificationDataset, RegressionDataset
 from datasets.tensor import InMemoryDataset
 
@@ -14,6 +14,7 @@ __all__ = [
     "ClassificationDataset",
     "CsvData",
     "DataError",
+    "EpochBatchSampler",
     "EpochSampler",
     "InMemoryDataset",
     "RegressionDataset",

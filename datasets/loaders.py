@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.samplers import EpochSampler, ShardSampler
+from datasets.samplers import EpochBatchSampler, EpochSampler, ShardSampler
 
 
 def keep_batch(batch: Any) -> Any:
@@ -36,6 +36,10 @@ def build_dataloader(
 ) -> DataLoader[Any]:
     """A DataLoader whose order comes from `seed` and the epoch alone (see `EpochSampler`).
 
+    A dataset with `__getitems__` gets whole batches of indices as tensors (`EpochBatchSampler`)
+    and returns whole batches (collated by `keep_batch`, which passes them through). Call
+    `set_epoch` on the loader's `batch_sampler` if it has one, else on its `sampler`.
+
     With `num_replicas > 1` (one loader per process of a distributed run) this process gets
     the rows `rank, rank + num_replicas, ...` of that order. `equal_shards` (training): every
     process gets as many rows, as DDP's lockstep needs; `torch`'s `DistributedSampler` pads
@@ -44,6 +48,19 @@ def build_dataloader(
     differ by one row.
     """
     batched_fetch = hasattr(dataset, "__getitems__")
+    common: dict[str, Any] = {
+        "num_workers": num_workers,
+        "generator": torch.Generator().manual_seed(seed),
+        "worker_init_fn": seed_worker if num_workers > 0 else None,
+        "collate_fn": keep_batch if batched_fetch else None,
+        "pin_memory": pin_memory,
+        # Re-spawning worker processes every epoch costs more than small epochs take.
+        "persistent_workers": num_workers > 0,
+    }
+    if num_replicas == 1 and batched_fetch:
+        batches = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last)  # type: ignore[arg-type]
+        # (typed for lists of indices; a tensor of them goes to __getitems__ just the same)
+        return DataLoader(dataset, batch_sampler=batches, **common)  # type: ignore[arg-type]
     sampler: Sampler[int]
     if num_replicas == 1:
         sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]
@@ -55,15 +72,5 @@ def build_dataloader(
     else:
         sampler = ShardSampler(len(dataset), num_replicas, rank)  # type: ignore[arg-type]
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=seed_worker if num_workers > 0 else None,
-        collate_fn=keep_batch if batched_fetch else None,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-        # Re-spawning worker processes every epoch costs more than small epochs take.
-        persistent_workers=num_workers > 0,
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **common
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import Sampler
 
 
@@ -29,11 +30,45 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(self.order().tolist())
 
     def __len__(self) -> int:
         return self.n
+
+    def order(self) -> Tensor:
+        """This epoch's indices, as one tensor."""
+        if not self.shuffle:
+            return torch.arange(self.n)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=generator)
+
+
+class EpochBatchSampler(Sampler[Tensor]):
+    """`EpochSampler`'s order cut into batches, each a tensor of indices.
+
+    For datasets whose `__getitems__` indexes tensors: a batch is then one slice of the
+    permutation, where the DataLoader's default `BatchSampler` would gather `batch_size` Python
+    ints one by one into a list, which the dataset turns back into a tensor.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+        self.sampler = EpochSampler(n, shuffle, seed)
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        batches = self.sampler.order().split(self.batch_size)
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return iter(batches)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
+        return -(-len(self.sampler) // self.batch_size)
 
 
 class ShardSampler(Sampler[int]):

@@ -31,8 +31,8 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.inputs[index], self.targets[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices)
+    def __getitems__(self, indices: list[int] | Tensor) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices)  # (a tensor of indices passes through as it is)
         return self.inputs[index], self.targets[index]
 
     def split(self, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:

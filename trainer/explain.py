@@ -143,9 +143,11 @@ def explain_batch(train_loader: Iterable[Any] | None, device: torch.device) -> A
     """
     if train_loader is None:
         return None
-    if isinstance(train_loader, DataLoader) and train_loader.batch_size is not None:
+    # (A loader given a batch_sampler has no batch_size of its own; its batch sampler has.)
+    batch_size = getattr(getattr(train_loader, "batch_sampler", None), "batch_size", None)
+    if isinstance(train_loader, DataLoader) and batch_size is not None:
         dataset: Any = train_loader.dataset
-        indices = list(range(min(train_loader.batch_size, len(dataset))))
+        indices = list(range(min(batch_size, len(dataset))))
         getitems = getattr(dataset, "__getitems__", None)
         samples = getitems(indices) if getitems is not None else [dataset[i] for i in indices]
         inputs, targets = train_loader.collate_fn(samples)

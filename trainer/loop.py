@@ -26,6 +26,7 @@ from trainer.distributed import all_reduce_mean, all_reduce_sum, sync_gradients,
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
 from trainer.trajectory import Trajectory
+from trainer.update_record import NonFinite, UpdateRecord
 from trainer.views import ParameterViews
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
@@ -146,8 +147,8 @@ class Trainer:
         # The correct-prediction count of a batch when nothing is classified: made once, not
         # allocated on every step.
         self._no_count = torch.zeros((), dtype=torch.int64, device=device)
-        # Per-step finiteness flags (loss, then each gradient), read back in batches.
-        self._finite_flags: list[tuple[int, Tensor]] = []
+        # Each update's loss and gradient finiteness, settled at logging and checkpoint steps.
+        self.updates = UpdateRecord(device, check_finite=settings.on_nonfinite != "off")
         self._stop_reason: StopReason | None = None
         self._message: str | None = None
         self._objective = torch.tensor(math.nan)  # the last update's loss, on the device
@@ -181,6 +182,7 @@ class Trainer:
                 if epoch_done and self.train_loader is not None:
                     self._checkpoint()
             if self._stop_reason != "diverged":
+                self._check_updates()  # (usually all settled already, at the last step)
                 self._checkpoint()  # the end of the run, or the point a signal stopped it
         state.elapsed_s += time.perf_counter() - started
         return self._result()
@@ -227,25 +229,23 @@ class Trainer:
             is_last = self._limit_reached(step=state.step + 1) is not None
             log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
 
-            # Gradient norms: one fused kernel over all parameters, only when needed (the
-            # non-finite guard reads the per-parameter ones; logging and clipping the global).
+            # Gradient norms: one fused kernel over all parameters, only when logged or clipped.
             param_norms: dict[str, Tensor] = {}
-            needs_global_norm = log_now or settings.grad_clip is not None
-            if needs_global_norm or settings.on_nonfinite != "off":
+            if log_now or settings.grad_clip is not None:
                 param_norms = self._gradient_norms()
-            if needs_global_norm:
                 self._grad_norm = self._global_norm(param_norms)
-            if settings.on_nonfinite != "off":
-                finite = torch.isfinite(torch.stack([window_loss, *param_norms.values()]))
-                if settings.on_nonfinite == "skip" and not bool(finite.all()):
-                    # Synchronises every step: the price of deciding before the update.
-                    self._skip_update(finite)
+            grads = [p.grad for p in params if p.grad is not None]
+            self.updates.record(state.step + 1, window_loss, grads)
+            if settings.on_nonfinite == "skip":
+                # Settles every step (a host sync): the price of deciding before the update.
+                bad = self._settle()
+                if bad is not None:
+                    self._skip_update(bad)
                     window_loss = None
                     if self._stop_reason is not None:
                         return
                     continue
                 state.nonfinite_skips = 0
-                self._finite_flags.append((state.step + 1, finite))
             if settings.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, settings.grad_clip, self._grad_norm)
 
@@ -266,7 +266,6 @@ class Trainer:
                 self.scheduler.step()
             state.step += 1
             self._objective, window_loss = window_loss, None
-            state.best_loss = torch.minimum(state.best_loss, self._objective)  # no sync
 
             if log_now:
                 # Scalars go to the sink as device tensors; it reads them back in batches.
@@ -286,8 +285,9 @@ class Trainer:
                 self._stop_reason = self._stop_reason or "interrupted"
                 self._message = f"stopped by a signal after step {state.step}"
             checkpoint_due = self._checkpoint_due()
-            if log_now or checkpoint_due or is_last or self._stop_reason is not None:
-                self._check_finite()  # before anything is saved from a possibly bad step
+            settle_due = self.updates.settle_due(logging_step=log_now)
+            if settle_due or checkpoint_due or is_last or self._stop_reason is not None:
+                self._check_updates()  # before anything is saved from a possibly bad step
             if self._stop_reason == "diverged":
                 return
             if checkpoint_due and self._stop_reason is None and not is_last:
@@ -391,9 +391,11 @@ class Trainer:
         if self.train_loader is None:
             yield None
             return
-        set_epoch = getattr(getattr(self.train_loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(self.state.epoch)  # the order is a function of the epoch alone
+        for sampler_kind in ("batch_sampler", "sampler"):
+            set_epoch = getattr(getattr(self.train_loader, sampler_kind, None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(self.state.epoch)  # the order is a function of the epoch alone
+                break
         batches = iter(self.train_loader)
         for _ in range(self.state.batch_in_epoch):
             next(batches)
@@ -505,6 +507,9 @@ class Trainer:
     def _checkpoint(self) -> None:
         if self.checkpointer is None or self.state.last_checkpoint_step == self.state.step:
             return
+        self._check_updates()  # never save the weights of a bad update
+        if self._stop_reason == "diverged":
+            return
         self.sink.flush()  # the event file holds every step the checkpoint covers
         self.checkpointer.save(self.state_dict(), self.state.step)
         self.state.last_checkpoint_step = self.state.step
@@ -546,31 +551,38 @@ class Trainer:
             return norms[0]
         return torch.linalg.vector_norm(torch.stack(norms))
 
-    def _tensor_names(self) -> list[str]:
-        """What each finiteness flag is about: the loss, then each gradient."""
-        with_grad = [n for n, p in self.named_parameters if p.grad is not None]
-        return ["loss"] + [f"the gradient of parameter '{n}'" for n in with_grad]
+    def _check_updates(self) -> None:
+        """Settle the updates since the last check and stop at the first with a non-finite loss
+        or gradient (trainer.on_nonfinite=stop)."""
+        bad = self._settle()
+        if bad is not None:
+            self._diverged(f"non-finite {self._describe(bad)} at step {bad.step}")
 
-    def _check_finite(self) -> None:
-        """Read the finiteness flags recorded since the last check (one transfer) and stop at
-        the first step with a non-finite loss or gradient."""
-        if not self._finite_flags:
-            return
-        steps = [step for step, _ in self._finite_flags]
-        flags = torch.stack([f for _, f in self._finite_flags]).cpu()  # (steps, 1 + params)
-        self._finite_flags.clear()
-        bad_rows = (~flags.all(dim=1)).nonzero()
-        if len(bad_rows) == 0:
-            return
-        row = int(bad_rows[0])
-        culprit = self._tensor_names()[int((~flags[row]).nonzero()[0])]
-        self._diverged(f"non-finite {culprit} at step {steps[row]}")
+    def _settle(self) -> NonFinite | None:
+        """Fold the recorded updates' losses into best_loss (up to the first non-finite one) and
+        return that one, if any."""
+        settled = self.updates.settle()
+        if settled.lowest_loss is not None:
+            self.state.best_loss = torch.minimum(self.state.best_loss, settled.lowest_loss)
+        return settled.first_non_finite
 
-    def _skip_update(self, finite: Tensor) -> None:
+    def _describe(self, bad: NonFinite) -> str:
+        """ "loss", or the gradient and the parameter it belongs to. That parameter's gradient
+        is non-finite now (before the update), or, once updated with it, its values are."""
+        if bad.what == "loss":
+            return "loss"
+        for name, p in self.named_parameters:
+            if not bool(torch.isfinite(p).all()) or (
+                p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ):
+                return f"gradient of parameter '{name}'"
+        return "gradient"
+
+    def _skip_update(self, bad: NonFinite) -> None:
         """trainer.on_nonfinite=skip: drop this update, keep the step count where it was."""
+        culprit = self._describe(bad)
         self.optimizer.zero_grad()
         self.state.nonfinite_skips += 1
-        culprit = self._tensor_names()[int((~finite.cpu()).nonzero()[0])]
         if self.state.nonfinite_skips > self.settings.max_nonfinite_skips:
             self._diverged(
                 f"non-finite {culprit} in {self.state.nonfinite_skips} consecutive updates "

@@ -22,8 +22,70 @@ def _unwrapped(method: F) -> F:
     return getattr(method, "__wrapped__", method)
 
 
+class Unprofiled:
+    """Mixin for `torch.optim.Optimizer` subclasses: the same arithmetic, minus torch's
+    bookkeeping around it when nothing uses that bookkeeping.
+
+    torch wraps every optimizer's `step` in a profiler range (with the step hooks), and
+    `zero_grad` opens another; each range costs about 15 µs per call on a CPU even when no
+    profiler records: a tenth of a small model's step. Here both run torch's own code whenever
+    something watches (a profiler records, or a step hook is registered), the bare code
+    otherwise.
+
+    torch also wraps `add_param_group`, `state_dict`, `load_state_dict` and `zero_grad` in
+    `torch._disable_dynamo`, which imports torch._dynamo (about a second of start-up) at the
+    first call. The wrapper only matters under torch.compile, which gradtrain does not use, so
+    these run torch's unwrapped code. (A torch whose methods are not wrapped this way gives them
+    unchanged.)
+    """
+
+    param_groups: list[dict[str, Any]]
+    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
+    state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
+    load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
+
+    @staticmethod
+    def profile_hook_step(func: F) -> F:
+        """torch.optim.Optimizer wraps `step` in this when the first instance is made."""
+        watched_step = torch.optim.Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def step(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+            if _step_is_watched(self):
+                return watched_step(self, *args, **kwargs)
+            return func(self, *args, **kwargs)
+
+        return cast(F, step)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """`torch.optim.Optimizer.zero_grad`: `.grad = None` (default), or zeros in place."""
+        optimizer = cast(torch.optim.Optimizer, self)
+        if _step_is_watched(optimizer):
+            torch.optim.Optimizer.zero_grad(optimizer, set_to_none)  # with its profiler range
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
+
+
+def _bare_step(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., Any]:
+    """`optimizer_class.step` without torch's profiler wrapper, which torch puts on the class
+    when its first instance is made (the subclass gets its own wrapper, `Unprofiled`'s)."""
+    step = optimizer_class.step
+    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
+
+
 @OPTIMIZERS.register("manual_sgd")
-class ManualSGD(torch.optim.Optimizer):
+class ManualSGD(Unprofiled, torch.optim.Optimizer):
     """Gradient descent exactly as the lecture writes it.
 
     The update runs under `torch.no_grad()`: it must not become part of the graph, so each
@@ -36,32 +98,6 @@ class ManualSGD(torch.optim.Optimizer):
     Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work),
     `state_dict` and `zero_grad`; the arithmetic is all here.
     """
-
-    # torch wraps these in `torch._disable_dynamo`, which imports torch._dynamo (about a second
-    # of start-up) the first time any optimizer calls them, and `__init__` calls
-    # `add_param_group`. The wrapper only matters under torch.compile, which gradtrain does not
-    # use: ManualSGD runs torch's own unwrapped code. (A torch whose methods are not wrapped this
-    # way gives them unchanged.)
-    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
-    state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
-    load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
-
-    @staticmethod
-    def profile_hook_step(func: F) -> F:
-        """torch.optim.Optimizer wraps `step` in this on construction: a profiler range around
-        the step hooks and the step. The range costs about 14 µs per call on a CPU even when no
-        profiler records, a tenth of a 5-element step; so torch's wrapper runs whenever
-        something watches (a profiler records, or a step hook is registered), the bare step
-        otherwise."""
-        watched_step = torch.optim.Optimizer.profile_hook_step(func)
-
-        @functools.wraps(func)
-        def step(self: ManualSGD, *args: Any, **kwargs: Any) -> Any:
-            if _step_is_watched(self):
-                return watched_step(self, *args, **kwargs)
-            return func(self, *args, **kwargs)
-
-        return cast(F, step)
 
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
@@ -103,8 +139,31 @@ def _step_is_watched(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
-OPTIMIZERS.register("sgd")(torch.optim.SGD)
-OPTIMIZERS.register("adam")(torch.optim.Adam)
-OPTIMIZERS.register("adamw")(torch.optim.AdamW)
-OPTIMIZERS.register("rmsprop")(torch.optim.RMSprop)
-OPTIMIZERS.register("lbfgs")(torch.optim.LBFGS)
+@OPTIMIZERS.register("sgd")
+class SGD(Unprofiled, torch.optim.SGD):
+    __doc__ = torch.optim.SGD.__doc__
+    step = _bare_step(torch.optim.SGD)
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Unprofiled, torch.optim.Adam):
+    __doc__ = torch.optim.Adam.__doc__
+    step = _bare_step(torch.optim.Adam)
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(Unprofiled, torch.optim.AdamW):
+    __doc__ = torch.optim.AdamW.__doc__
+    step = _bare_step(torch.optim.AdamW)
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSprop(Unprofiled, torch.optim.RMSprop):
+    __doc__ = torch.optim.RMSprop.__doc__
+    step = _bare_step(torch.optim.RMSprop)
+
+
+@OPTIMIZERS.register("lbfgs")
+class LBFGS(Unprofiled, torch.optim.LBFGS):
+    __doc__ = torch.optim.LBFGS.__doc__
+    step = _bare_step(torch.optim.LBFGS)

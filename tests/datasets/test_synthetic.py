@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from datasets import ClassificationDataset, EpochSampler, RegressionDataset, build_dataloader
+from datasets import (
+    ClassificationDataset,
+    EpochBatchSampler,
+    EpochSampler,
+    RegressionDataset,
+    build_dataloader,
+)
 from datasets.loaders import keep_batch
 
 
@@ -83,8 +89,8 @@ def test_loader_fetches_whole_batches_and_drops_the_last_partial_one() -> None:
 def test_epoch_e_is_the_permutation_seeded_with_seed_plus_e() -> None:
     dataset = RegressionDataset(64, 2, seed=0)
     loader = build_dataloader(dataset, batch_size=16, shuffle=True, seed=3)
-    sampler = loader.sampler
-    assert isinstance(sampler, EpochSampler)
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, EpochBatchSampler)  # batches of indices as tensors
     epochs = []
     for epoch in range(2):
         sampler.set_epoch(epoch)
@@ -94,6 +100,19 @@ def test_epoch_e_is_the_permutation_seeded_with_seed_plus_e() -> None:
         assert torch.equal(targets, dataset.targets[order])
     sampler.set_epoch(1)  # e.g. a run resumed in its second epoch
     assert torch.equal(torch.cat([targets for _, targets in loader]), epochs[1])
+
+
+def test_a_dataset_without_getitems_gets_the_same_order_sample_by_sample() -> None:
+    dataset = RegressionDataset(64, 2, seed=0)
+    plain = torch.utils.data.TensorDataset(dataset.inputs, dataset.targets)
+    batched = build_dataloader(dataset, batch_size=16, shuffle=True, seed=3)
+    per_sample = build_dataloader(plain, batch_size=16, shuffle=True, seed=3)
+    assert isinstance(per_sample.sampler, EpochSampler)
+    for epoch in range(2):
+        batched.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        per_sample.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        for (_, expected), (_, targets) in zip(batched, per_sample, strict=True):
+            assert torch.equal(targets, expected)
 
 
 def test_worker_processes_serve_the_same_batches() -> None:

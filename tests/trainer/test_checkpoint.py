@@ -263,7 +263,7 @@ def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path) -> None:
     )
     result = trainer.fit()
     assert result.stop_reason == "diverged"
-    assert "non-finite the gradient of parameter 'x' at step 1" in (result.message or "")
+    assert "non-finite gradient of parameter 'x' at step 1" in (result.message or "")
 
 
 def test_skip_drops_bad_updates_and_gives_up_after_the_limit(composed: Compose) -> None:

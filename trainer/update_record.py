@@ -1,0 +1,104 @@
+"""What the loop remembers of each update between two reads: its loss, and whether the loss
+and the gradients were finite.
+
+Reading a loss back (`.item()`) or checking it with `torch.isfinite` every step would cost a host
+synchronisation or several kernels per step, as much as a small model's whole update. Instead,
+each update's loss is kept as the 0-d device tensor it already is (appending it to a list runs no
+kernel), and its gradients are checked by the fused kernel `torch.amp.GradScaler` runs over all
+gradients each step (one kernel, no allocation, no synchronisation). `settle()` stacks the losses
+once: the lowest one, and the first update with a NaN or infinity, read back with one transfer.
+The loop settles at checkpoints, at the end, and at the first logging step after `settle_every`
+updates (a GPU may synchronise at logging steps, never between them). So a run that diverges
+stops within about `settle_every` updates, yet names the exact update that went wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    step: int
+    what: str  # "loss", or "gradient" (of any parameter)
+
+
+@dataclass(frozen=True)
+class Settled:
+    # The lowest loss (a device tensor) of the updates settled, up to the first non-finite one;
+    # None if there were none.
+    lowest_loss: Tensor | None
+    first_non_finite: NonFinite | None  # always None when finiteness is not checked
+
+
+class UpdateRecord:
+    """The updates since the last `settle()`: their losses and, with `check_finite`, flags of
+    their gradients' finiteness, kept on `device`.
+
+    `settle_every`: updates recorded before a logging step settles them. `capacity`: the most
+    held at once; then they must be settled whatever the step (a synchronisation between
+    logging steps when these are further apart).
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        check_finite: bool,
+        settle_every: int = 64,
+        capacity: int = 1024,
+    ) -> None:
+        self.check_finite = check_finite
+        self.settle_every = settle_every
+        self.capacity = capacity
+        self._losses: list[Tensor] = []
+        self._steps: list[int] = []
+        self._grad_flags = torch.zeros(capacity, device=device)
+        # Views of single flags, made once: slicing a tensor every step would cost more than the
+        # check itself.
+        self._grad_slots = self._grad_flags.unbind()
+        self._unit_scale = torch.ones((), device=device)
+
+    def settle_due(self, logging_step: bool) -> bool:
+        recorded = len(self._steps)
+        return recorded == self.capacity or (logging_step and recorded >= self.settle_every)
+
+    def record(self, step: int, loss: Tensor, grads: Sequence[Tensor]) -> None:
+        """Remember update `step`'s loss (a 0-d tensor the caller will not modify) and flag it if
+        any of `grads` holds a NaN or an infinity."""
+        if self.check_finite and grads:
+            # The fused kernel also multiplies the gradients by a scale in place: 1 here, which
+            # leaves every value as it was.
+            torch._amp_foreach_non_finite_check_and_unscale_(
+                list(grads), self._grad_slots[len(self._steps)], self._unit_scale
+            )
+        self._losses.append(loss)
+        self._steps.append(step)
+
+    def settle(self) -> Settled:
+        """The lowest loss and the first non-finite update among those recorded (one
+        device-to-host transfer when checking finiteness, none otherwise); then forget them."""
+        if not self._steps:
+            return Settled(None, None)
+        steps, losses = self._steps, torch.stack(self._losses)
+        self._steps, self._losses = [], []
+        lowest = losses.min()
+        if not self.check_finite:
+            return Settled(lowest, None)
+        recorded = len(steps)
+        grad_flags = self._grad_flags[:recorded]
+        # (copy=True: `.cpu()` of a CPU tensor is the tensor itself, and the flags are cleared.)
+        bad_loss, bad_grads = torch.stack([~torch.isfinite(losses.float()), grad_flags.bool()]).to(
+            "cpu", copy=True
+        )
+        grad_flags.zero_()
+        bad = (bad_loss | bad_grads).nonzero()
+        if len(bad) == 0:
+            return Settled(lowest, None)
+        column = int(bad[0])
+        what = "loss" if bad_loss[column] else "gradient"
+        lowest_finite = losses[:column].min() if column > 0 else None
+        return Settled(lowest_finite, NonFinite(steps[column], what))
