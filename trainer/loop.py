@@ -142,6 +142,9 @@ class Trainer:
         self.named_parameters = [
             (n, p) for n, p in self.module.named_parameters() if p.requires_grad
         ]
+        self.params = [p for _, p in self.named_parameters]
+        if train_loader is not None and not isinstance(train_loader, Sized):
+            raise TypeError("train_loader must have a length")
         # LBFGS re-evaluates the loss several times per step through a closure.
         self.needs_closure = isinstance(optimizer, torch.optim.LBFGS)
         # The correct-prediction count of a batch when nothing is classified: made once, not
@@ -162,7 +165,7 @@ class Trainer:
         started = time.perf_counter()
         self.model.train()
         if self.trajectory is not None:
-            self.trajectory.record(state.step, [p for _, p in self.named_parameters])  # the start
+            self.trajectory.record(state.step, self.params)  # the start
         anomaly = (
             torch.autograd.detect_anomaly() if settings.detect_anomaly else contextlib.nullcontext()
         )
@@ -189,15 +192,17 @@ class Trainer:
 
     def _train_epoch(self, progress: ProgressBar) -> None:
         """Steps over the rest of the current epoch, until it ends or the run must stop."""
-        settings, state = self.settings, self.state
-        params = [p for _, p in self.named_parameters]
+        settings, state, params = self.settings, self.state, self.params
+        epoch_length, accumulate = self._batches_per_epoch(), settings.accumulate_grad_batches
         window_loss: Tensor | None = None  # the loss over the accumulated batches, on device
 
         for batch in self._epoch_batches():
+            # An update every `accumulate` batches, and at the end of the epoch.
+            batches_done = state.batch_in_epoch + 1
+            closes_window = batches_done % accumulate == 0 or batches_done == epoch_length
             # Under torchrun, backward also averages the gradients over ranks, but only on the
             # batch that closes an accumulation window; before it they add up locally, as .grad
             # does in one process. (DDP decides this in forward, so both are inside.)
-            closes_window = self._update_due(batches_done=state.batch_in_epoch + 1)
             with sync_gradients(self.model, closes_window):
                 # Forward.
                 loss, batch_correct, batch_size = self._forward(batch)
@@ -206,7 +211,7 @@ class Trainer:
                     state.seen += batch_size
                 # Backward. Gradients of several batches add up in .grad; dividing each loss by
                 # the window makes the sum their mean, as one larger batch would give.
-                window = self._accumulation_window()
+                window = self._accumulation_window() if accumulate > 1 else 1
                 if window > 1:  # (skipped otherwise: one op less in every step's graph)
                     loss = loss / window
                 try:
@@ -252,7 +257,8 @@ class Trainer:
             # Update (optimizers run it under torch.no_grad()), then clear the gradients,
             # which backward() would otherwise keep accumulating into. Optional views look at
             # the weights around the update, only at their own steps.
-            lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
+            # The lr this update uses (the scheduler moves it after), read only when logged.
+            lr = float(self.optimizer.param_groups[0]["lr"]) if log_now else math.nan
             if self.views is not None:
                 self.views.before_update(state.step + 1, log_now)
             if self.needs_closure:
@@ -450,23 +456,13 @@ class Trainer:
     def _batches_per_epoch(self) -> int:
         if self.train_loader is None:
             return 1
-        if not isinstance(self.train_loader, Sized):
-            raise TypeError("train_loader must have a length")
-        return len(self.train_loader)
+        return len(self.train_loader)  # type: ignore[arg-type]  # (checked Sized in __init__)
 
     def _accumulation_window(self) -> int:
         """Batches in the current update: accumulate_grad_batches, or fewer at an epoch's end."""
         k = self.settings.accumulate_grad_batches
         start = self.state.batch_in_epoch - self.state.batch_in_epoch % k
         return min(k, self._batches_per_epoch() - start)
-
-    def _update_due(self, batches_done: int | None = None) -> bool:
-        """Whether the batch just consumed (or the `batches_done`-th) closes an accumulation
-        window."""
-        done = self.state.batch_in_epoch if batches_done is None else batches_done
-        return done % self.settings.accumulate_grad_batches == 0 or (
-            done == self._batches_per_epoch()
-        )
 
     def total_steps(self) -> int:
         limits = []

@@ -86,11 +86,13 @@ def _bare_step(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., An
 
 @OPTIMIZERS.register("manual_sgd")
 class ManualSGD(Unprofiled, torch.optim.Optimizer):
-    """Gradient descent exactly as the lecture writes it.
+    """Gradient descent exactly as the lecture writes it: `p -= lr * p.grad`.
 
     The update runs under `torch.no_grad()`: it must not become part of the graph, so each
     parameter stays a leaf with no `grad_fn` and no history. Gradients are then zeroed in place,
-    because `backward()` accumulates into `.grad` rather than overwriting it.
+    because `backward()` accumulates into `.grad` rather than overwriting it. (The update is
+    written `p.add_(p.grad, alpha=-lr)`: the same arithmetic in one kernel, without the
+    temporary `lr * p.grad`, which costs a tenth of a 5-element step.)
 
     With `momentum` > 0 each parameter keeps a velocity `v = momentum * v + grad` (starting at
     the first gradient) and steps `p -= lr * v`: `torch.optim.SGD`'s heavy-ball rule, spelled out.
@@ -111,14 +113,14 @@ class ManualSGD(Unprofiled, torch.optim.Optimizer):
                     if p.grad is None:
                         continue
                     if momentum == 0:
-                        p -= lr * p.grad
+                        p.add_(p.grad, alpha=-lr)  # p -= lr * p.grad, in one kernel
                         continue
                     state = self.state[p]
                     if "velocity" not in state:
                         state["velocity"] = p.grad.clone()
                     else:
                         state["velocity"].mul_(momentum).add_(p.grad)
-                    p -= lr * state["velocity"]
+                    p.add_(state["velocity"], alpha=-lr)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
