@@ -186,9 +186,13 @@ def _to_floats(tensors: list[Tensor]) -> list[float]:
     values = [0.0] * len(tensors)
     for indices in by_device.values():
         # One stack, one copy to the host; stack promotes mixed dtypes (bf16, int64) to float.
-        group = [tensors[i].reshape(()) for i in indices]
-        stacked = torch.stack(group).float().tolist()
-        for index, value in zip(indices, stacked, strict=True):
+        group = [tensors[i] for i in indices]
+        try:
+            stacked = torch.stack(group)  # 0-d tensors, the usual case
+        except RuntimeError:  # some one-element tensors have a shape such as (1,)
+            stacked = torch.stack([tensor.reshape(()) for tensor in group])
+        values_on_host = stacked.float().tolist()
+        for index, value in zip(indices, values_on_host, strict=True):
             values[index] = value
     return values
 
