@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from trainer.config import TrainerConfig
-from trainer.distributed import all_reduce_mean, all_reduce_sum, sync_gradients, unwrap
+from trainer.distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    sync_gradients,
+    unwrap,
+    world_size,
+)
 from trainer.progress import ProgressBar
 from trainer.sinks import MetricSink
 from trainer.trajectory import Trajectory
@@ -143,6 +149,7 @@ class Trainer:
             (n, p) for n, p in self.module.named_parameters() if p.requires_grad
         ]
         self.params = [p for _, p in self.named_parameters]
+        self.world_size = world_size()  # processes training together (torchrun), or 1
         if train_loader is not None and not isinstance(train_loader, Sized):
             raise TypeError("train_loader must have a length")
         # LBFGS re-evaluates the loss several times per step through a closure.
@@ -229,7 +236,8 @@ class Trainer:
             # The loss of the global batch: the mean over ranks (equal batches), one scalar
             # all-reduce per update under torchrun (no host sync on CUDA). Every rank then sees
             # the same loss, so finiteness checks, tolerance and best_loss agree across ranks.
-            window_loss = all_reduce_mean(window_loss)
+            if self.world_size > 1:
+                window_loss = all_reduce_mean(window_loss)
 
             is_last = self._limit_reached(step=state.step + 1) is not None
             log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0

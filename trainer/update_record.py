@@ -14,7 +14,6 @@ stops within about `settle_every` updates, yet names the exact update that went 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,14 +65,14 @@ class UpdateRecord:
         recorded = len(self._steps)
         return recorded == self.capacity or (logging_step and recorded >= self.settle_every)
 
-    def record(self, step: int, loss: Tensor, grads: Sequence[Tensor]) -> None:
+    def record(self, step: int, loss: Tensor, grads: list[Tensor]) -> None:
         """Remember update `step`'s loss (a 0-d tensor the caller will not modify) and flag it if
         any of `grads` holds a NaN or an infinity."""
         if self.check_finite and grads:
             # The fused kernel also multiplies the gradients by a scale in place: 1 here, which
             # leaves every value as it was.
             torch._amp_foreach_non_finite_check_and_unscale_(
-                list(grads), self._grad_slots[len(self._steps)], self._unit_scale
+                grads, self._grad_slots[len(self._steps)], self._unit_scale
             )
         self._losses.append(loss)
         self._steps.append(step)
