@@ -33,7 +33,8 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
 
     def __getitems__(self, indices: list[int] | Tensor) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(indices)  # (a tensor of indices passes through as it is)
-        return self.inputs[index], self.targets[index]
+        # index_select: the same rows as `inputs[index]`, without advanced indexing's parsing.
+        return self.inputs.index_select(0, index), self.targets.index_select(0, index)
 
     def split(self, val_fraction: float, seed: int) -> tuple[InMemoryDataset, InMemoryDataset]:
         """A seeded random split into (train, validation); validation gets

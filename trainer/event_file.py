@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -138,21 +138,36 @@ def _value_prefix(tag: str) -> bytes:
     return b"\x0a" + _varint(len(value) + 4) + value
 
 
-def _float32(value: float) -> bytes:
-    try:
-        return _FLOAT.pack(value)
-    except OverflowError:  # beyond float32: infinite, as protobuf stores it
-        return _FLOAT.pack(math.copysign(math.inf, value))
-
-
-def scalar_event(step: int, wall_time: float, scalars: Iterable[tuple[str, float]]) -> bytes:
-    """The serialized Event of one step's `simple_value` scalars."""
-    summary = b"".join(_value_prefix(tag) + _float32(value) for tag, value in scalars)
+def _float32(value: float) -> float:
+    """`value`, or the infinity protobuf stores for a value beyond float32."""
     return (
-        b"\x09" + _DOUBLE.pack(wall_time)
-        + b"\x10" + _varint(step)
-        + b"\x2a" + _varint(len(summary)) + summary
-    )  # fmt: skip
+        value if abs(value) <= _FLOAT32_MAX or math.isnan(value) else math.copysign(math.inf, value)
+    )
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+@functools.lru_cache(maxsize=256)
+def _summary_layout(tags: tuple[str, ...]) -> tuple[struct.Struct, tuple[bytes, ...], bytes]:
+    """For one tuple of tags: a Struct packing each value's prefix and float, the prefixes,
+    and the summary field's key and length (a run logs the same few tuples again and again)."""
+    prefixes = tuple(_value_prefix(tag) for tag in tags)
+    layout = struct.Struct("<" + "".join(f"{len(prefix)}sf" for prefix in prefixes))
+    return layout, prefixes, b"\x2a" + _varint(layout.size)
+
+
+def scalar_event(
+    step: int, wall_time: float, tags: tuple[str, ...], values: Sequence[float]
+) -> bytes:
+    """The serialized Event of one step's `simple_value` scalars, `values[i]` for `tags[i]`."""
+    layout, prefixes, summary_header = _summary_layout(tags)
+    try:
+        summary = layout.pack(*itertools.chain.from_iterable(zip(prefixes, values, strict=True)))
+    except OverflowError:  # beyond float32
+        clamped = map(_float32, values)
+        summary = layout.pack(*itertools.chain.from_iterable(zip(prefixes, clamped, strict=True)))
+    return b"\x09" + _DOUBLE.pack(wall_time) + b"\x10" + _varint(step) + summary_header + summary
 
 
 # ---------------------------------------------------------------------------------- the writer
@@ -189,8 +204,10 @@ class EventFileWriter:
         wall_time = time.time() if wall_time is None else wall_time
         self.add_event(Event(wall_time=wall_time, step=step, summary=summary))
 
-    def add_scalars(self, steps: Sequence[tuple[int, float, Iterable[tuple[str, float]]]]) -> None:
-        """One event per (step, wall time, [(tag, value), ...])."""
+    def add_scalars(
+        self, steps: Sequence[tuple[int, float, tuple[str, ...], Sequence[float]]]
+    ) -> None:
+        """One event per (step, wall time, tags, values)."""
         self._write_records([scalar_event(*step) for step in steps])
 
     def add_event(self, event: Event) -> None:

@@ -150,6 +150,7 @@ class Trainer:
         ]
         self.params = [p for _, p in self.named_parameters]
         self.world_size = world_size()  # processes training together (torchrun), or 1
+        self._grad_norm_tags = {n: f"train/grad_norm/{n}" for n, _ in self.named_parameters}
         if train_loader is not None and not isinstance(train_loader, Sized):
             raise TypeError("train_loader must have a length")
         # LBFGS re-evaluates the loss several times per step through a closure.
@@ -542,10 +543,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------- non-finite values
     def _gradient_norms(self) -> dict[str, Tensor]:
-        """L2 norm of each parameter's gradient, from one fused kernel (no loop of norms)."""
-        names = [n for n, p in self.named_parameters if p.grad is not None]
-        grads = [p.grad for _, p in self.named_parameters if p.grad is not None]
-        return dict(zip(names, torch._foreach_norm(grads), strict=True))
+        """L2 norm of each parameter's gradient by its tag, from one fused kernel (no loop of
+        norms)."""
+        tags = self._grad_norm_tags
+        with_grad = [(tags[n], p.grad) for n, p in self.named_parameters if p.grad is not None]
+        norms = torch._foreach_norm([grad for _, grad in with_grad])
+        return {tag: norm for (tag, _), norm in zip(with_grad, norms, strict=True)}
 
     @staticmethod
     def _global_norm(param_norms: dict[str, Tensor]) -> Tensor:
@@ -604,10 +607,12 @@ class Trainer:
     def _log(
         self, loss: Tensor, grad_norm: Tensor, param_norms: dict[str, Tensor], lr: float
     ) -> None:
-        scalars: dict[str, Tensor | float] = {"train/loss": loss, "train/grad_norm": grad_norm}
-        for name, norm in param_norms.items():
-            scalars[f"train/grad_norm/{name}"] = norm
-        scalars["optim/lr"] = lr
+        scalars: dict[str, Tensor | float] = {
+            "train/loss": loss,
+            "train/grad_norm": grad_norm,
+            **param_norms,
+            "optim/lr": lr,
+        }
         self.sink.log_scalars(scalars, step=self.state.step)
 
     def _result(self) -> FitResult:

@@ -132,10 +132,10 @@ class TensorBoardSink:
         steps = []
         for step, wall_time, scalars in self._pending:
             values = [
-                (tag, next(read_back) if isinstance(value, torch.Tensor) else float(value))
-                for tag, value in scalars.items()
+                next(read_back) if isinstance(value, torch.Tensor) else float(value)
+                for value in scalars.values()
             ]
-            steps.append((step, wall_time, values))
+            steps.append((step, wall_time, tuple(scalars), values))
         self.events.add_scalars(steps)
         self._pending.clear()
         self._last_write = time.monotonic()
@@ -180,19 +180,19 @@ class TensorBoardSink:
 @torch.no_grad()
 def _to_floats(tensors: list[Tensor]) -> list[float]:
     """The values of one-element tensors, read back with one transfer per device."""
+    if not tensors:
+        return []
+    try:  # the usual case: 0-d tensors on one device, one stack and one copy to the host
+        return torch.stack(tensors).float().tolist()  # (stack promotes bf16, int64 to float)
+    except RuntimeError:  # several devices, or shapes such as (1,)
+        pass
     by_device: dict[torch.device, list[int]] = {}
     for index, tensor in enumerate(tensors):
         by_device.setdefault(tensor.device, []).append(index)
     values = [0.0] * len(tensors)
     for indices in by_device.values():
-        # One stack, one copy to the host; stack promotes mixed dtypes (bf16, int64) to float.
-        group = [tensors[i] for i in indices]
-        try:
-            stacked = torch.stack(group)  # 0-d tensors, the usual case
-        except RuntimeError:  # some one-element tensors have a shape such as (1,)
-            stacked = torch.stack([tensor.reshape(()) for tensor in group])
-        values_on_host = stacked.float().tolist()
-        for index, value in zip(indices, values_on_host, strict=True):
+        group = torch.stack([tensors[i].reshape(()) for i in indices])
+        for index, value in zip(indices, group.float().tolist(), strict=True):
             values[index] = value
     return values
 

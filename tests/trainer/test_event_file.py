@@ -74,7 +74,8 @@ def test_hand_encoded_scalar_event_decodes_like_protobufs(
         step=step,
         summary=Summary(value=[Summary.Value(tag=t, simple_value=v) for t, v in scalars]),
     )
-    decoded = Event.FromString(scalar_event(step, wall_time, scalars))
+    tags, values = zip(*scalars, strict=True)
+    decoded = Event.FromString(scalar_event(step, wall_time, tags, values))
     assert (decoded.wall_time, decoded.step) == (expected.wall_time, expected.step)
     # repr: exact float32 values, and nan equal to nan
     got = [(v.tag, repr(v.simple_value)) for v in decoded.summary.value]
