@@ -94,11 +94,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+_NO_CONTEXT = nullcontext()  # reusable: called every step, it need not be made every step
+
+
 def sync_gradients(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
     """Around a forward and backward pass: with `sync` false, a DDP model keeps this batch's
     gradients local (`no_sync`), to be averaged with the next synchronised batch's."""
     if sync or not isinstance(model, DistributedDataParallel):
-        return nullcontext()
+        return _NO_CONTEXT
     return model.no_sync()
 
 

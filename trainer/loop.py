@@ -439,7 +439,7 @@ class Trainer:
         # An autocast context costs microseconds even when disabled; fp32 takes a no-op one.
         if self.settings.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return _NO_CONTEXT
 
     @staticmethod
     def _backward(loss: Tensor) -> None:
@@ -632,6 +632,9 @@ class Trainer:
             message=self._message,
             last_checkpoint_step=state.last_checkpoint_step,
         )
+
+
+_NO_CONTEXT = contextlib.nullcontext()  # reusable, and cheaper than a new one every step
 
 
 def _as_python_random_state(saved: Any) -> tuple[Any, ...]:
