@@ -248,8 +248,10 @@ class Trainer:
             if log_now or settings.grad_clip is not None:
                 param_norms = self._gradient_norms()
                 self._grad_norm = self._global_norm(param_norms)
-            grads = [p.grad for p in params if p.grad is not None]
-            self.updates.record(state.step + 1, window_loss, grads)
+            # The gradient norm, where taken, doubles as the gradients' finiteness check.
+            grads = [p.grad for p in params if p.grad is not None] if not param_norms else []
+            norm = self._grad_norm if param_norms else None
+            self.updates.record(state.step + 1, window_loss, grads, grad_norm=norm)
             if settings.on_nonfinite == "skip":
                 # Settles every step (a host sync): the price of deciding before the update.
                 bad = self._settle()
@@ -423,8 +425,9 @@ class Trainer:
             with self._autocast():
                 return self.loss_fn(self.model()), self._no_count, 1
         inputs, targets = batch
-        inputs = inputs.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
+        if inputs.device != self.device:  # (a call to .to costs microseconds even as a no-op)
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
         with self._autocast():
             prediction = self.model(inputs)
             loss = self.loss_fn(prediction, targets)

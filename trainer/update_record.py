@@ -55,6 +55,8 @@ class UpdateRecord:
         self.capacity = capacity
         self._losses: list[Tensor] = []
         self._steps: list[int] = []
+        self._norm_columns: list[int] = []  # updates checked by their gradient norm instead
+        self._grad_norms: list[Tensor] = []
         self._grad_flags = torch.zeros(capacity, device=device)
         # Views of single flags, made once: slicing a tensor every step would cost more than the
         # check itself.
@@ -65,10 +67,20 @@ class UpdateRecord:
         recorded = len(self._steps)
         return recorded == self.capacity or (logging_step and recorded >= self.settle_every)
 
-    def record(self, step: int, loss: Tensor, grads: list[Tensor]) -> None:
+    def record(
+        self, step: int, loss: Tensor, grads: list[Tensor], grad_norm: Tensor | None = None
+    ) -> None:
         """Remember update `step`'s loss (a 0-d tensor the caller will not modify) and flag it if
-        any of `grads` holds a NaN or an infinity."""
-        if self.check_finite and grads:
+        any of `grads` holds a NaN or an infinity.
+
+        `grad_norm`: the global norm of `grads`, when the caller has computed it anyway (at
+        logging steps). It is finite exactly when every gradient is (or its norm would overflow
+        float32, which counts as non-finite too), so it is kept to check instead.
+        """
+        if self.check_finite and grad_norm is not None:
+            self._norm_columns.append(len(self._steps))
+            self._grad_norms.append(grad_norm)
+        elif self.check_finite and grads:
             # The fused kernel also multiplies the gradients by a scale in place: 1 here, which
             # leaves every value as it was.
             torch._amp_foreach_non_finite_check_and_unscale_(
@@ -83,17 +95,22 @@ class UpdateRecord:
         if not self._steps:
             return Settled(None, None)
         steps, losses = self._steps, torch.stack(self._losses)
-        self._steps, self._losses = [], []
+        norm_columns, grad_norms = self._norm_columns, self._grad_norms
+        self._steps, self._losses, self._norm_columns, self._grad_norms = [], [], [], []
         lowest = losses.min()
         if not self.check_finite:
             return Settled(lowest, None)
         recorded = len(steps)
         grad_flags = self._grad_flags[:recorded]
-        # (copy=True: `.cpu()` of a CPU tensor is the tensor itself, and the flags are cleared.)
-        bad_loss, bad_grads = torch.stack([~torch.isfinite(losses.float()), grad_flags.bool()]).to(
-            "cpu", copy=True
-        )
+        checks = [~torch.isfinite(losses.float()), grad_flags.bool()]
+        if grad_norms:
+            checks.append(~torch.isfinite(torch.stack(grad_norms).float()))
+        # One transfer. (copy=True: `.cpu()` of a CPU tensor is the tensor itself, and the flags
+        # are cleared for reuse.)
+        flags = torch.cat(checks).to("cpu", copy=True)
         grad_flags.zero_()
+        bad_loss, bad_grads = flags[:recorded], flags[recorded : 2 * recorded]
+        bad_grads[norm_columns] |= flags[2 * recorded :]
         bad = (bad_loss | bad_grads).nonzero()
         if len(bad) == 0:
             return Settled(lowest, None)

@@ -242,7 +242,8 @@ def test_divergence_keeps_the_checkpoint_from_before_the_bad_step(
     assert torch.isfinite(checkpoint["model"]["x"]).all()
 
 
-def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_every", [1, 10], ids=["by-its-norm", "by-the-fused-check"])
+def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path, log_every: int) -> None:
     from trainer.config import TrainerConfig
     from trainer.models import VectorModel
     from trainer.optim import ManualSGD
@@ -257,7 +258,7 @@ def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path) -> None:
         SqrtLoss(),
         ManualSGD(model.parameters(), lr=0.1),
         None,
-        TrainerConfig(max_steps=5),
+        TrainerConfig(max_steps=5, log_every_n_steps=log_every),
         torch.device("cpu"),
         RecordingSink(),
     )

@@ -59,3 +59,16 @@ def test_settling_is_due_at_logging_steps_after_settle_every_or_when_full() -> N
         assert record.settle_due(logging_step=True) == (step > 3)
         record.record(step, torch.tensor(1.0), [])
     assert record.settle_due(logging_step=False)  # full
+
+
+def test_a_gradient_norm_taken_anyway_stands_in_for_the_gradient_check() -> None:
+    record = UpdateRecord(CPU, check_finite=True)
+    bad_grad = [torch.tensor([math.nan])]
+    # With the norm given, the gradients themselves are not looked at.
+    record.record(1, torch.tensor(1.0), bad_grad, grad_norm=torch.tensor(2.0))
+    record.record(2, torch.tensor(1.0), [torch.ones(2)])
+    record.record(3, torch.tensor(1.0), [], grad_norm=torch.tensor(math.inf))
+    assert record.settle().first_non_finite == NonFinite(3, "gradient")
+    record.record(4, torch.tensor(1.0), [], grad_norm=torch.tensor(1.0))
+    record.record(5, torch.tensor(1.0), bad_grad)
+    assert record.settle().first_non_finite == NonFinite(5, "gradient")
