@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import random
 import sys
@@ -231,7 +232,10 @@ class Trainer:
                     return
             batch_loss = self._scalar(loss.detach())
             window_loss = batch_loss if window_loss is None else window_loss + batch_loss
-            state.batch_in_epoch += 1
+            if self.train_loader is None:
+                state.epoch += 1  # an objective's "epoch" is its one step
+            else:
+                state.batch_in_epoch += 1
             if not closes_window:
                 continue
             # The loss of the global batch: the mean over ranks (equal batches), one scalar
@@ -406,7 +410,9 @@ class Trainer:
     def _epoch_batches(self) -> Iterator[Any]:
         """The current epoch's batches, minus those a resumed run already consumed."""
         if self.train_loader is None:
-            yield None
+            # An objective of the parameters alone has no data: one stream of steps, each of
+            # which counts as an epoch (see the loop), until the run stops.
+            yield from itertools.repeat(None)
             return
         for sampler_kind in ("batch_sampler", "sampler"):
             set_epoch = getattr(getattr(self.train_loader, sampler_kind, None), "set_epoch", None)

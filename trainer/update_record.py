@@ -14,6 +14,7 @@ stops within about `settle_every` updates, yet names the exact update that went 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -97,24 +98,24 @@ class UpdateRecord:
         steps, losses = self._steps, torch.stack(self._losses)
         norm_columns, grad_norms = self._norm_columns, self._grad_norms
         self._steps, self._losses, self._norm_columns, self._grad_norms = [], [], [], []
-        lowest = losses.min()
         if not self.check_finite:
-            return Settled(lowest, None)
+            return Settled(losses.min(), None)
         recorded = len(steps)
         grad_flags = self._grad_flags[:recorded]
-        checks = [~torch.isfinite(losses.float()), grad_flags.bool()]
+        # One transfer of everything; a few dozen values are then faster to scan in Python
+        # than with more kernels.
+        parts = [losses.float(), grad_flags]
         if grad_norms:
-            checks.append(~torch.isfinite(torch.stack(grad_norms).float()))
-        # One transfer. (copy=True: `.cpu()` of a CPU tensor is the tensor itself, and the flags
-        # are cleared for reuse.)
-        flags = torch.cat(checks).to("cpu", copy=True)
-        grad_flags.zero_()
-        bad_loss, bad_grads = flags[:recorded], flags[recorded : 2 * recorded]
-        bad_grads[norm_columns] |= flags[2 * recorded :]
-        bad = (bad_loss | bad_grads).nonzero()
-        if len(bad) == 0:
-            return Settled(lowest, None)
-        column = int(bad[0])
-        what = "loss" if bad_loss[column] else "gradient"
-        lowest_finite = losses[:column].min() if column > 0 else None
-        return Settled(lowest_finite, NonFinite(steps[column], what))
+            parts.append(torch.stack(grad_norms).float())
+        values = torch.cat(parts).tolist()
+        grad_flags.zero_()  # cleared for reuse
+        bad_grads = [flag != 0 for flag in values[recorded : 2 * recorded]]
+        for column, norm in zip(norm_columns, values[2 * recorded :], strict=True):
+            bad_grads[column] = not math.isfinite(norm)
+        for column in range(recorded):
+            bad_loss = not math.isfinite(values[column])
+            if bad_loss or bad_grads[column]:
+                lowest_finite = losses[:column].min() if column > 0 else None
+                what = "loss" if bad_loss else "gradient"
+                return Settled(lowest_finite, NonFinite(steps[column], what))
+        return Settled(losses.min(), None)
