@@ -45,7 +45,9 @@ class QuadraticLoss(nn.Module):
         self.offset = offset
 
     def forward(self, x: Tensor, target: None = None) -> Tensor:
-        elementwise = x**2 - self.offset
+        # x.square() is x**2 (the same pow kernel, PowBackward0 in the graph) without the
+        # Python-level operator wrapper, a microsecond a step that the 5-element case notices.
+        elementwise = x.square() - self.offset
         if self.reduction == "sum":
             return elementwise.sum()
         if self.reduction == "mean":
