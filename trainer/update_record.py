@@ -8,13 +8,15 @@ kernel), and its gradients are checked by the fused kernel `torch.amp.GradScaler
 gradients each step (one kernel, no allocation, no synchronisation). `settle()` stacks the losses
 once: the lowest one, and the first update with a NaN or infinity, read back with one transfer.
 The loop settles at checkpoints, at the end, and at the first logging step after `settle_every`
-updates (a GPU may synchronise at logging steps, never between them). So a run that diverges
-stops within about `settle_every` updates, yet names the exact update that went wrong.
+updates or `settle_after_s` seconds (a GPU may synchronise at logging steps, never between them).
+So a run that diverges stops within about `settle_every` updates or a second or so, yet names
+the exact update that went wrong.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +41,8 @@ class UpdateRecord:
     """The updates since the last `settle()`: their losses and, with `check_finite`, flags of
     their gradients' finiteness, kept on `device`.
 
-    `settle_every`: updates recorded before a logging step settles them. `capacity`: the most
+    `settle_every`, `settle_after_s`: updates recorded, or seconds since the last settle, before
+    a logging step settles them (whichever comes first). `capacity`: the most
     held at once; then they must be settled whatever the step (a synchronisation between
     logging steps when these are further apart).
     """
@@ -49,10 +52,13 @@ class UpdateRecord:
         device: torch.device,
         check_finite: bool,
         settle_every: int = 64,
+        settle_after_s: float = 1.0,
         capacity: int = 1024,
     ) -> None:
         self.check_finite = check_finite
         self.settle_every = settle_every
+        self.settle_after_s = settle_after_s
+        self._last_settle = time.monotonic()
         self.capacity = capacity
         self._losses: list[Tensor] = []
         self._steps: list[int] = []
@@ -66,7 +72,12 @@ class UpdateRecord:
 
     def settle_due(self, logging_step: bool) -> bool:
         recorded = len(self._steps)
-        return recorded == self.capacity or (logging_step and recorded >= self.settle_every)
+        if recorded == self.capacity:
+            return True
+        if not logging_step or not recorded:
+            return False
+        waited = time.monotonic() - self._last_settle
+        return recorded >= self.settle_every or waited >= self.settle_after_s
 
     def record(
         self, step: int, loss: Tensor, grads: list[Tensor], grad_norm: Tensor | None = None
@@ -95,6 +106,7 @@ class UpdateRecord:
         device-to-host transfer when checking finiteness, none otherwise); then forget them."""
         if not self._steps:
             return Settled(None, None)
+        self._last_settle = time.monotonic()
         steps, losses = self._steps, torch.stack(self._losses)
         norm_columns, grad_norms = self._norm_columns, self._grad_norms
         self._steps, self._losses, self._norm_columns, self._grad_norms = [], [], [], []

@@ -53,7 +53,9 @@ def test_without_checking_nothing_is_flagged() -> None:
 
 
 def test_settling_is_due_at_logging_steps_after_settle_every_or_when_full() -> None:
-    record = UpdateRecord(CPU, check_finite=True, settle_every=3, capacity=5)
+    record = UpdateRecord(
+        CPU, check_finite=True, settle_every=3, settle_after_s=math.inf, capacity=5
+    )
     for step in range(1, 6):
         assert not record.settle_due(logging_step=False)
         assert record.settle_due(logging_step=True) == (step > 3)
@@ -72,3 +74,10 @@ def test_a_gradient_norm_taken_anyway_stands_in_for_the_gradient_check() -> None
     record.record(4, torch.tensor(1.0), [], grad_norm=torch.tensor(1.0))
     record.record(5, torch.tensor(1.0), bad_grad)
     assert record.settle().first_non_finite == NonFinite(5, "gradient")
+
+
+def test_a_logging_step_also_settles_once_settle_after_s_has_passed() -> None:
+    record = UpdateRecord(CPU, check_finite=True, settle_every=1000, settle_after_s=0.0)
+    assert not record.settle_due(logging_step=True)  # nothing recorded yet
+    record.record(1, torch.tensor(1.0), [])
+    assert record.settle_due(logging_step=True) and not record.settle_due(logging_step=False)
