@@ -42,9 +42,9 @@ class UpdateRecord:
     their gradients' finiteness, kept on `device`.
 
     `settle_every`, `settle_after_s`: updates recorded, or seconds since the last settle, before
-    a logging step settles them (whichever comes first). `capacity`: the most
-    held at once; then they must be settled whatever the step (a synchronisation between
-    logging steps when these are further apart).
+    a logging step settles them (whichever comes first). `capacity`: the most held at once; then
+    they must be settled whatever the step (a synchronisation between logging steps when these
+    are further apart).
     """
 
     def __init__(
