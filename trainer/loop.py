@@ -149,7 +149,7 @@ class Trainer:
         self.named_parameters = [
             (n, p) for n, p in self.module.named_parameters() if p.requires_grad
         ]
-        self.params = [p for _, p in self.named_parameters]
+        self.params: list[Tensor] = [p for _, p in self.named_parameters]
         self.world_size = world_size()  # processes training together (torchrun), or 1
         self._grad_norm_tags = {n: f"train/grad_norm/{n}" for n, _ in self.named_parameters}
         if train_loader is not None and not isinstance(train_loader, Sized):
@@ -160,7 +160,7 @@ class Trainer:
         # allocated on every step.
         self._no_count = torch.zeros((), dtype=torch.int64, device=device)
         # Each update's loss and gradient finiteness, settled at logging and checkpoint steps.
-        self.updates = UpdateRecord(device, check_finite=settings.on_nonfinite != "off")
+        self.updates = UpdateRecord(check_finite=settings.on_nonfinite != "off")
         self._stop_reason: StopReason | None = None
         self._message: str | None = None
         self._objective = torch.tensor(math.nan)  # the last update's loss, on the device
@@ -194,7 +194,7 @@ class Trainer:
                 if epoch_done and self.train_loader is not None:
                     self._checkpoint()
             if self._stop_reason != "diverged":
-                self._check_updates()  # (usually all settled already, at the last step)
+                self._check_updates(parameters=True)  # (the updates mostly settled already)
                 self._checkpoint()  # the end of the run, or the point a signal stopped it
         state.elapsed_s += time.perf_counter() - started
         return self._result()
@@ -247,15 +247,16 @@ class Trainer:
             is_last = self._limit_reached(step=state.step + 1) is not None
             log_now = is_last or (state.step + 1) % settings.log_every_n_steps == 0
 
-            # Gradient norms: one fused kernel over all parameters, only when logged or clipped.
+            # Gradient norms: one fused kernel over all parameters, at logging steps, and at
+            # every step when clipping or when trainer.on_nonfinite=skip must look before the
+            # update. Where taken, the global norm is also the gradients' finiteness check.
             param_norms: dict[str, Tensor] = {}
-            if log_now or settings.grad_clip is not None:
+            if log_now or settings.grad_clip is not None or settings.on_nonfinite == "skip":
                 param_norms = self._gradient_norms()
                 self._grad_norm = self._global_norm(param_norms)
-            # The gradient norm, where taken, doubles as the gradients' finiteness check.
-            grads = [p.grad for p in params if p.grad is not None] if not param_norms else []
-            norm = self._grad_norm if param_norms else None
-            self.updates.record(state.step + 1, window_loss, grads, grad_norm=norm)
+            self.updates.record(
+                state.step + 1, window_loss, self._grad_norm if param_norms else None
+            )
             if settings.on_nonfinite == "skip":
                 # Settles every step (a host sync): the price of deciding before the update.
                 bad = self._settle()
@@ -521,7 +522,7 @@ class Trainer:
     def _checkpoint(self) -> None:
         if self.checkpointer is None or self.state.last_checkpoint_step == self.state.step:
             return
-        self._check_updates()  # never save the weights of a bad update
+        self._check_updates(parameters=True)  # never save the weights of a bad update
         if self._stop_reason == "diverged":
             return
         self.sink.flush()  # the event file holds every step the checkpoint covers
@@ -567,12 +568,27 @@ class Trainer:
             return norms[0]
         return torch.linalg.vector_norm(torch.stack(norms))
 
-    def _check_updates(self) -> None:
+    def _check_updates(self, parameters: bool = False) -> None:
         """Settle the updates since the last check and stop at the first with a non-finite loss
-        or gradient (trainer.on_nonfinite=stop)."""
+        or gradient norm (trainer.on_nonfinite=stop); with `parameters`, then also at
+        non-finite weights (which a gradient no norm was taken of can leave)."""
         bad = self._settle()
         if bad is not None:
             self._diverged(f"non-finite {self._describe(bad)} at step {bad.step}")
+            return
+        if parameters and self.updates.check_finite:
+            name = self._non_finite_parameter()
+            if name is not None:
+                self._diverged(f"non-finite parameter '{name}' after step {self.state.step}")
+
+    def _non_finite_parameter(self) -> str | None:
+        """The first parameter holding a NaN or an infinity (one transfer). Checked element by
+        element: a norm of finite weights can overflow."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.params]).tolist()
+        for (name, _), ok in zip(self.named_parameters, finite, strict=True):
+            if not ok:
+                return name
+        return None
 
     def _settle(self) -> NonFinite | None:
         """Fold the recorded updates' losses into best_loss (up to the first non-finite one) and
@@ -583,7 +599,7 @@ class Trainer:
         return settled.first_non_finite
 
     def _describe(self, bad: NonFinite) -> str:
-        """ "loss", or the gradient and the parameter it belongs to. That parameter's gradient
+        """'loss', or the gradient and the parameter it belongs to. That parameter's gradient
         is non-finite now (before the update), or, once updated with it, its values are."""
         if bad.what == "loss":
             return "loss"

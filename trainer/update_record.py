@@ -1,16 +1,22 @@
-"""What the loop remembers of each update between two reads: its loss, and whether the loss
-and the gradients were finite.
+"""What the loop remembers of each update between two reads: its loss and, where it was taken,
+its global gradient norm.
 
 Reading a loss back (`.item()`) or checking it with `torch.isfinite` every step would cost a host
 synchronisation or several kernels per step, as much as a small model's whole update. Instead,
 each update's loss is kept as the 0-d device tensor it already is (appending it to a list runs no
-kernel), and its gradients are checked by the fused kernel `torch.amp.GradScaler` runs over all
-gradients each step (one kernel, no allocation, no synchronisation). `settle()` stacks the losses
-once: the lowest one, and the first update with a NaN or infinity, read back with one transfer.
+kernel), with the global gradient norm of the updates that computed one anyway (logging steps).
+`settle()` stacks them once and reads them back with one transfer: the lowest loss, and the first
+update whose loss or gradient norm is a NaN or an infinity. A norm is finite exactly when every
+gradient is (or when it overflows float32, which counts as non-finite too).
+
+Gradients of the other updates are not checked, and need not be: a non-finite gradient makes its
+update's parameters non-finite, and so the next update's loss. (The loop checks the parameters
+themselves before each checkpoint, for the update just made.)
+
 The loop settles at checkpoints, at the end, and at the first logging step after `settle_every`
 updates or `settle_after_s` seconds (a GPU may synchronise at logging steps, never between them).
 So a run that diverges stops within about `settle_every` updates or a second or so, yet names
-the exact update that went wrong.
+the update that went wrong.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -26,7 +33,7 @@ from torch import Tensor
 @dataclass(frozen=True)
 class NonFinite:
     step: int
-    what: str  # "loss", or "gradient" (of any parameter)
+    what: Literal["loss", "gradient"]
 
 
 @dataclass(frozen=True)
@@ -38,18 +45,17 @@ class Settled:
 
 
 class UpdateRecord:
-    """The updates since the last `settle()`: their losses and, with `check_finite`, flags of
-    their gradients' finiteness, kept on `device`.
+    """The updates since the last `settle()`: their losses and gradient norms, on the device.
 
-    `settle_every`, `settle_after_s`: updates recorded, or seconds since the last settle, before
-    a logging step settles them (whichever comes first). `capacity`: the most held at once; then
-    they must be settled whatever the step (a synchronisation between logging steps when these
-    are further apart).
+    `check_finite`: look for non-finite values when settling (otherwise only the lowest loss is
+    kept, and settling never synchronises). `settle_every`, `settle_after_s`: updates recorded,
+    or seconds since the last settle, before a logging step settles them (whichever comes
+    first). `capacity`: the most held at once; then they must be settled whatever the step (a
+    synchronisation between logging steps when these are further apart).
     """
 
     def __init__(
         self,
-        device: torch.device,
         check_finite: bool,
         settle_every: int = 64,
         settle_after_s: float = 1.0,
@@ -58,17 +64,12 @@ class UpdateRecord:
         self.check_finite = check_finite
         self.settle_every = settle_every
         self.settle_after_s = settle_after_s
-        self._last_settle = time.monotonic()
         self.capacity = capacity
-        self._losses: list[Tensor] = []
+        self._last_settle = time.monotonic()
         self._steps: list[int] = []
-        self._norm_columns: list[int] = []  # updates checked by their gradient norm instead
+        self._losses: list[Tensor] = []
+        self._norm_columns: list[int] = []  # the updates that come with a gradient norm
         self._grad_norms: list[Tensor] = []
-        self._grad_flags = torch.zeros(capacity, device=device)
-        # Views of single flags, made once: slicing a tensor every step would cost more than the
-        # check itself.
-        self._grad_slots = self._grad_flags.unbind()
-        self._unit_scale = torch.ones((), device=device)
 
     def settle_due(self, logging_step: bool) -> bool:
         recorded = len(self._steps)
@@ -79,27 +80,14 @@ class UpdateRecord:
         waited = time.monotonic() - self._last_settle
         return recorded >= self.settle_every or waited >= self.settle_after_s
 
-    def record(
-        self, step: int, loss: Tensor, grads: list[Tensor], grad_norm: Tensor | None = None
-    ) -> None:
-        """Remember update `step`'s loss (a 0-d tensor the caller will not modify) and flag it if
-        any of `grads` holds a NaN or an infinity.
-
-        `grad_norm`: the global norm of `grads`, when the caller has computed it anyway (at
-        logging steps). It is finite exactly when every gradient is (or its norm would overflow
-        float32, which counts as non-finite too), so it is kept to check instead.
-        """
-        if self.check_finite and grad_norm is not None:
+    def record(self, step: int, loss: Tensor, grad_norm: Tensor | None = None) -> None:
+        """Remember update `step`: its loss and, if taken, its global gradient norm (0-d
+        tensors the caller will not modify)."""
+        if grad_norm is not None:
             self._norm_columns.append(len(self._steps))
             self._grad_norms.append(grad_norm)
-        elif self.check_finite and grads:
-            # The fused kernel also multiplies the gradients by a scale in place: 1 here, which
-            # leaves every value as it was.
-            torch._amp_foreach_non_finite_check_and_unscale_(
-                grads, self._grad_slots[len(self._steps)], self._unit_scale
-            )
-        self._losses.append(loss)
         self._steps.append(step)
+        self._losses.append(loss)
 
     def settle(self) -> Settled:
         """The lowest loss and the first non-finite update among those recorded (one
@@ -107,27 +95,24 @@ class UpdateRecord:
         if not self._steps:
             return Settled(None, None)
         self._last_settle = time.monotonic()
-        steps, losses = self._steps, torch.stack(self._losses)
+        steps, loss_list = self._steps, self._losses
         norm_columns, grad_norms = self._norm_columns, self._grad_norms
         self._steps, self._losses, self._norm_columns, self._grad_norms = [], [], [], []
         if not self.check_finite:
-            return Settled(losses.min(), None)
-        recorded = len(steps)
-        grad_flags = self._grad_flags[:recorded]
-        # One transfer of everything; a few dozen values are then faster to scan in Python
-        # than with more kernels.
-        parts = [losses.float(), grad_flags]
-        if grad_norms:
-            parts.append(torch.stack(grad_norms).float())
-        values = torch.cat(parts).tolist()
-        grad_flags.zero_()  # cleared for reuse
-        bad_grads = [flag != 0 for flag in values[recorded : 2 * recorded]]
-        for column, norm in zip(norm_columns, values[2 * recorded :], strict=True):
-            bad_grads[column] = not math.isfinite(norm)
-        for column in range(recorded):
-            bad_loss = not math.isfinite(values[column])
-            if bad_loss or bad_grads[column]:
+            return Settled(torch.stack(loss_list).min(), None)
+        # One stack and one transfer for everything; a few dozen numbers are then faster to
+        # scan in Python than with more kernels.
+        stacked = torch.stack([*loss_list, *grad_norms])
+        losses = stacked[: len(steps)]
+        values = stacked.float().tolist()
+        bad_norm_columns = {
+            column
+            for column, norm in zip(norm_columns, values[len(steps) :], strict=True)
+            if not math.isfinite(norm)
+        }
+        for column, (step, loss) in enumerate(zip(steps, values, strict=False)):
+            bad_loss = not math.isfinite(loss)
+            if bad_loss or column in bad_norm_columns:
                 lowest_finite = losses[:column].min() if column > 0 else None
-                what = "loss" if bad_loss else "gradient"
-                return Settled(lowest_finite, NonFinite(steps[column], what))
+                return Settled(lowest_finite, NonFinite(step, "loss" if bad_loss else "gradient"))
         return Settled(losses.min(), None)

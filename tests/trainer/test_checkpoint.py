@@ -242,29 +242,60 @@ def test_divergence_keeps_the_checkpoint_from_before_the_bad_step(
     assert torch.isfinite(checkpoint["model"]["x"]).all()
 
 
-@pytest.mark.parametrize("log_every", [1, 10], ids=["by-its-norm", "by-the-fused-check"])
-def test_a_non_finite_gradient_is_named_by_parameter(tmp_path: Path, log_every: int) -> None:
+class SqrtLoss(torch.nn.Module):
+    def forward(self, x: torch.Tensor, target: None = None) -> torch.Tensor:
+        return x.abs().sqrt().sum()  # finite at 0, but its gradient there is infinite
+
+
+class SavedSteps:
+    """A checkpointer that remembers which steps it was asked to save."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def save(self, payload: dict[str, Any], step: int) -> None:
+        assert all(torch.isfinite(t).all() for t in payload["model"].values())
+        self.steps.append(step)
+
+
+def sqrt_trainer(checkpointer: SavedSteps | None = None, **settings: Any) -> Trainer:
     from trainer.config import TrainerConfig
     from trainer.models import VectorModel
     from trainer.optim import ManualSGD
 
-    class SqrtLoss(torch.nn.Module):
-        def forward(self, x: torch.Tensor, target: None = None) -> torch.Tensor:
-            return x.abs().sqrt().sum()  # finite at 0, but its gradient there is infinite
-
     model = VectorModel([0.0, 1.0])
-    trainer = Trainer(
+    return Trainer(
         model,
         SqrtLoss(),
         ManualSGD(model.parameters(), lr=0.1),
         None,
-        TrainerConfig(max_steps=5, log_every_n_steps=log_every),
+        TrainerConfig(max_steps=5, **settings),
         torch.device("cpu"),
         RecordingSink(),
+        checkpointer=checkpointer,
     )
-    result = trainer.fit()
+
+
+def test_a_non_finite_gradient_at_a_logging_step_is_named_by_parameter() -> None:
+    result = sqrt_trainer(log_every_n_steps=1).fit()
     assert result.stop_reason == "diverged"
-    assert "non-finite gradient of parameter 'x' at step 1" in (result.message or "")
+    assert "non-finite gradient of parameter 'x' at step 1;" in (result.message or "")
+
+
+def test_a_non_finite_gradient_between_logging_steps_shows_in_the_next_loss() -> None:
+    # Step 1's gradient is infinite, so its update makes x infinite and step 2's loss too.
+    result = sqrt_trainer(log_every_n_steps=10).fit()
+    assert result.stop_reason == "diverged"
+    assert "non-finite loss at step 2;" in (result.message or "")
+
+
+def test_weights_made_non_finite_are_never_checkpointed() -> None:
+    # Step 1's unchecked gradient (not a logging step) makes x infinite; the checkpoint due
+    # right after that update looks at the weights themselves and saves nothing.
+    saved = SavedSteps()
+    result = sqrt_trainer(saved, log_every_n_steps=10, checkpoint_every_n_steps=1).fit()
+    assert result.stop_reason == "diverged" and saved.steps == []
+    assert "non-finite parameter 'x' after step 1; no checkpoint" in (result.message or "")
 
 
 def test_skip_drops_bad_updates_and_gives_up_after_the_limit(composed: Compose) -> None:
