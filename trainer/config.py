@@ -331,8 +331,9 @@ class TrainerConfig(StrictModel):
     checkpoint_every_n_steps: PositiveInt | None = None
     keep_checkpoints: NonNegativeInt = 2  # step_<N>.pt files kept beside last.pt
     resume: str | None = None  # null, "auto" (last.pt of this run dir if any), or a path
-    # Non-finite loss or gradient: stop (checked on the device every step, read back at log and
-    # checkpoint steps), skip the update (reads back every step), or off.
+    # Non-finite loss, gradient or weights: stop (every loss, and the gradients at logging
+    # steps, kept on the device and read back at a logging step once per 64 updates or per
+    # second, at checkpoints and at the end), skip the update (reads back every step), or off.
     on_nonfinite: Literal["stop", "skip", "off"] = "stop"
     max_nonfinite_skips: PositiveInt = 10
     detect_anomaly: bool = False
