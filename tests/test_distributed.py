@@ -203,6 +203,32 @@ def test_a_rank_that_stops_answering_fails_the_job_at_the_collective_timeout(
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
+def test_every_rank_stops_at_the_same_divergence(tmp_path: Path) -> None:
+    # With lr 100 the loss overflows in the second epoch (8 updates per rank and epoch), before
+    # the first logging step: the check before the epoch-end checkpoint finds it on every rank
+    # (only rank 0 writes checkpoints), so every rank stops at the same step.
+    run_dir = tmp_path / "run"
+    command = torchrun(
+        run_dir,
+        "experiment=linear_regression",
+        "optimizer.lr=100",
+        "trainer.log_every_n_steps=50",
+        "trainer.dist_timeout_s=60",
+        "logger=none",
+    )
+    started = time.monotonic()
+    result = run_to_end(command, tmp_path)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 50, result.stderr[-2000:]  # not held up to the timeout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] == 16, summary
+    assert "non-finite loss at step 9; the last checkpoint is from step 8" in summary["message"]
+    assert all(torch.isfinite(t).all() for t in final_weights(run_dir).values())
+    # A rank that went on alone would fail in its next all-reduce, the others being gone.
+    assert "Connection closed" not in result.stderr, result.stderr[-3000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_under_torchrun_or_on_one_gpu(tmp_path: Path) -> None:
     """With two GPUs or more: the nccl equivalence of two processes and one; with one: a plain

@@ -78,3 +78,13 @@ class CheckpointWriter:
         )
         for _, path in numbered[: max(len(numbered) - self.keep, 0)]:
             path.unlink(missing_ok=True)
+
+
+class RankZeroWrites:
+    """The checkpointer of the other ranks under torchrun: writes nothing, as only rank 0 does.
+
+    They still take their checkpoints at the same steps as rank 0, checking the weights first
+    (`Trainer._checkpoint`), so every rank sees the same values and stops at the same step."""
+
+    def save(self, payload: dict[str, Any], step: int) -> None:
+        return None

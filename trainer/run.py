@@ -18,7 +18,13 @@ from typing import Any
 import torch
 
 from trainer.build import build_sink, build_trainer, resolve_device
-from trainer.checkpoint import LAST, CheckpointError, CheckpointWriter, load_checkpoint
+from trainer.checkpoint import (
+    LAST,
+    CheckpointError,
+    CheckpointWriter,
+    RankZeroWrites,
+    load_checkpoint,
+)
 from trainer.config import Config, validate_config
 from trainer.distributed import (
     CollectiveStop,
@@ -81,11 +87,13 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
     # Every rank loads the checkpoint itself (on several nodes: from a shared file system).
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     seed_everything(cfg.seed)
-    checkpointer = (
-        CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
-        if cfg.trainer.save_checkpoints and main
-        else None
-    )
+    checkpointer: CheckpointWriter | RankZeroWrites | None = None
+    if cfg.trainer.save_checkpoints:
+        checkpointer = (
+            CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
+            if main
+            else RankZeroWrites()
+        )
     resumed_step = checkpoint["step"] if checkpoint is not None else None
     # Steps after the checkpoint's are redone; TensorBoard drops what the killed session logged
     # for them, keeping the checkpoint's own step.
