@@ -270,11 +270,11 @@ class Trainer:
             if settings.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(params, settings.grad_clip, self._grad_norm)
 
+            # The lr this update uses (the scheduler moves it after), read only when logged.
+            lr = float(self.optimizer.param_groups[0]["lr"]) if log_now else math.nan
             # Update (optimizers run it under torch.no_grad()), then clear the gradients,
             # which backward() would otherwise keep accumulating into. Optional views look at
             # the weights around the update, only at their own steps.
-            # The lr this update uses (the scheduler moves it after), read only when logged.
-            lr = float(self.optimizer.param_groups[0]["lr"]) if log_now else math.nan
             if self.views is not None:
                 self.views.before_update(state.step + 1, log_now)
             if self.needs_closure:
@@ -295,7 +295,7 @@ class Trainer:
                 if self.trajectory is not None:
                     self.trajectory.record(state.step, params)
                 if settings.tolerance is not None or progress.visible:
-                    # The one host synchronisation, once per logging interval.
+                    # A host synchronisation at every logging step, asked for by these two.
                     loss_value = self._objective.item()
                     progress.show_loss(loss_value)
                     if self._converged(state.last_logged_loss, loss_value):
