@@ -117,7 +117,6 @@ def masked_crc32c(data: bytes) -> int:
 # summary = 5}, Summary {repeated value = 1}, Value {tag = 1 (string), simple_value = 2 (float)}.
 # A test checks the bytes decode to the same Event as protobuf's own.
 _DOUBLE = struct.Struct("<d")
-_FLOAT = struct.Struct("<f")
 
 
 def _varint(number: int) -> bytes:

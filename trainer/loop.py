@@ -194,8 +194,11 @@ class Trainer:
                 if epoch_done and self.train_loader is not None:
                     self._checkpoint()
             if self._stop_reason != "diverged":
-                self._check_updates(parameters=True)  # (the updates mostly settled already)
-                self._checkpoint()  # the end of the run, or the point a signal stopped it
+                # The end of the run, or the point a signal stopped it. The checkpoint first
+                # checks the updates and the weights; without one, the same check runs here.
+                self._checkpoint()
+                if self.checkpointer is None:
+                    self._check_updates(parameters=True)
         state.elapsed_s += time.perf_counter() - started
         return self._result()
 

@@ -97,8 +97,8 @@ class ManualSGD(Unprofiled, torch.optim.Optimizer):
     With `momentum` > 0 each parameter keeps a velocity `v = momentum * v + grad` (starting at
     the first gradient) and steps `p -= lr * v`: `torch.optim.SGD`'s heavy-ball rule, spelled out.
 
-    Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work),
-    `state_dict` and `zero_grad`; the arithmetic is all here.
+    Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work) and
+    `state_dict`; the arithmetic, and the lecture's in-place `zero_grad`, are all here.
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
