@@ -21,18 +21,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.sweep_summary import sweep_exit_status
+from gradtrain.sweeps.summary import sweep_exit_status
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://gradtrain.configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Returns the run's objective (`trainer.objective`) for sweepers such as Optuna to minimize,
-    or None when the run failed or diverged."""
+    """Returns the run's monitored metric (`trainer.monitor`) for sweepers such as Optuna to
+    minimize, or None when the run failed or diverged."""
     # Imported here so that `--help` and config errors from Hydra come back before torch loads.
-    from trainer.errors import GradtrainError
-    from trainer.objective import objective_value
-    from trainer.run import run
-    from trainer.sweep_job import run_sweep_job
+    from gradtrain.errors import GradtrainError
+    from gradtrain.run import run
+    from gradtrain.sweeps.job import run_sweep_job
+    from gradtrain.sweeps.monitor import monitored_value
 
     hydra_cfg = HydraConfig.get()
     raw_config = OmegaConf.to_container(cfg, resolve=True)
@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float | None:
         if _who() != "gradtrain":  # under torchrun, say which rank failed (Hydra shows how)
             print(f"{_who()}: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise
-    return objective_value(summary)
+    return monitored_value(summary)
 
 
 def _who() -> str:

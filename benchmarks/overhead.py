@@ -30,18 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # gradtrain's `trainer` and `datasets`, from this checkout
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from datasets import RegressionDataset, build_dataloader  # noqa: E402
-from trainer.build import build_sink, build_trainer  # noqa: E402
-from trainer.config import validate_config  # noqa: E402
-from trainer.run import seed_everything  # noqa: E402
+from gradtrain.build import build_sink, build_trainer  # noqa: E402
+from gradtrain.config import validate_config  # noqa: E402
+from gradtrain.datasets import RegressionDataset, build_dataloader  # noqa: E402
+from gradtrain.run import seed_everything  # noqa: E402
 
 N_SAMPLES, N_FEATURES, BATCH_SIZE = 8192, 32, 64
 QUADRATIC_LR = 1e-3  # small enough that x stays far from denormal floats for the whole run
@@ -165,10 +164,10 @@ def summary_writer(scratch: Path) -> Any:
 def compose(overrides: list[str]) -> dict[str, Any]:
     """The config `python train.py <overrides>` would get."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    with initialize_config_module("gradtrain.configs", version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)

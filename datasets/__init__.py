@@ -4,11 +4,11 @@ Not Hugging Face's `datasets`: run gradtrain from the checkout (or an editable i
 package is found first.
 """
 
-from datasets.csv_table import CsvData, DataError, load_csv
-from datasets.loaders import build_dataloader
-from datasets.samplers import EpochBatchSampler, EpochSampler
-from datasets.synthetic import ClassificationDataset, RegressionDataset
-from datasets.tensor import InMemoryDataset
+from gradtrain.datasets.csv_table import CsvData, DataError, load_csv
+from gradtrain.datasets.loaders import build_dataloader
+from gradtrain.datasets.samplers import EpochBatchSampler, EpochSampler
+from gradtrain.datasets.synthetic import ClassificationDataset, RegressionDataset
+from gradtrain.datasets.tensor import InMemoryDataset
 
 __all__ = [
     "ClassificationDataset",

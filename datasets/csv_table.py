@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from datasets.tensor import InMemoryDataset
+from gradtrain.datasets.tensor import InMemoryDataset
 
 
 class DataError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets.samplers import EpochBatchSampler, EpochSampler, ShardSampler
+from gradtrain.datasets.samplers import EpochBatchSampler, EpochSampler, ShardSampler
 
 
 def keep_batch(batch: Any) -> Any:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from datasets.tensor import InMemoryDataset
+from gradtrain.datasets.tensor import InMemoryDataset
 
 
 class RegressionDataset(InMemoryDataset):

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 
 
 def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
     """The config `python train.py <overrides>` would get, as plain Python."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    with initialize_config_module("gradtrain.configs", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides or [])
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
@@ -85,3 +84,26 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
         tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
         for tag in accumulator.Tags()["scalars"]
     }
+
+
+class RecordingSink:
+    """A MetricSink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.scalars: dict[str, list[tuple[int, float]]] = {}
+
+    def log_scalars(self, scalars: dict[str, Any], step: int) -> None:
+        for tag, value in scalars.items():
+            self.scalars.setdefault(tag, []).append((step, float(value)))
+
+    def log_text(self, tag: str, text: str) -> None:
+        pass
+
+    def log_hparams(self, hparams: Any, metrics: Any, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

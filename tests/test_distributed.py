@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, read_scalars
 
-from trainer.checkpoint import LAST, load_checkpoint
+from gradtrain.checkpoint import LAST, load_checkpoint
 
 # Two CPU processes per job: each job's data splits evenly over the ranks (see the README).
 JOB = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from trainer.losses import QuadraticLoss
-from trainer.models import VectorModel
-from trainer.optim import ManualSGD
+from gradtrain.losses import QuadraticLoss
+from gradtrain.models import VectorModel
+from gradtrain.optim import ManualSGD
 
 LECTURE_X = [1.0, 2.0, 3.0, 4.0, 5.0]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, read_scalars
 
-from trainer.checkpoint import LAST, load_checkpoint
+from gradtrain.checkpoint import LAST, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -126,9 +126,8 @@ def test_a_stop_signal_checkpoints_at_that_step_and_resume_finishes_identically(
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path: Path) -> None:
     script = f"""
 import sys, torch
-sys.path.insert(0, {str(ROOT)!r})
 from pathlib import Path
-from trainer.checkpoint import save_checkpoint
+from gradtrain.checkpoint import save_checkpoint
 path = Path({str(tmp_path)!r}) / "last.pt"
 save_checkpoint(path, {{"step": 1, "model": {{"w": torch.ones(4)}}}})
 print("saved", flush=True)

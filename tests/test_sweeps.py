@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from trainer.sweep_summary import SUMMARY_CSV, SUMMARY_MD
+from gradtrain.sweeps.summary import SUMMARY_CSV, SUMMARY_MD
 
 
 class SweepResult:
@@ -69,7 +69,7 @@ def sweep(tmp_path: Path) -> Sweep:
     return run
 
 
-def test_three_job_sweep_writes_job_folders_and_a_summary_sorted_by_objective(
+def test_three_job_sweep_writes_job_folders_and_a_summary_sorted_by_the_monitored_metric(
     sweep: Sweep,
 ) -> None:
     result = sweep("optimizer.lr=0.01,0.3,0.1", "trainer.max_steps=20")
@@ -90,14 +90,14 @@ def test_three_job_sweep_writes_job_folders_and_a_summary_sorted_by_objective(
     assert [row["job"] for row in rows] == [jobs[1].name, jobs[2].name, jobs[0].name]
     for row in rows:
         summary = json.loads((result.sweep_dir / row["job"] / "summary.json").read_text())
-        assert row["status"] == "completed" and row["objective"] == "final_loss"
-        assert float(row["objective_value"]) == summary["final_loss"]
+        assert row["status"] == "completed" and row["monitor"] == "final_loss"
+        assert float(row["monitored_value"]) == summary["final_loss"]
         assert int(row["steps"]) == 20 and float(row["wall_s"]) > 0
     assert rows[0]["overrides"] == "optimizer.lr=0.3 trainer.max_steps=20"
 
     # The same table as Markdown, in the sweep folder and printed when the sweep ends.
     table = (result.sweep_dir / SUMMARY_MD).read_text()
-    assert table.splitlines()[0].startswith("| job | overrides | status | objective |")
+    assert table.splitlines()[0].startswith("| job | overrides | status | monitor |")
     assert len(table.splitlines()) == 2 + 3
     assert table in result.stdout
 
@@ -169,7 +169,7 @@ def test_optuna_search_of_four_trials_records_a_diverged_trial_as_failed(sweep: 
     # Optuna recorded the diverged trials as failed, not as a value, and found the best one.
     results = (result.sweep_dir / "optimization_results.yaml").read_text()
     best_value = float(re.search(r"best_value: (\S+)", results).group(1))  # type: ignore[union-attr]
-    assert best_value == pytest.approx(float(rows[0]["objective_value"]))
+    assert best_value == pytest.approx(float(rows[0]["monitored_value"]))
     assert "optimizer.lr: 0.1" in results
     # The preset name is the same for every job, so it is left out of the folder names.
     assert not any("hparams_search" in job.name for job in result.job_dirs())

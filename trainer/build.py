@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader
 
-from trainer.config import (
+from gradtrain.config import (
     ClassificationDatasetConfig,
     Config,
     CsvDatasetConfig,
@@ -28,15 +28,15 @@ from trainer.config import (
     TensorBoardLoggerConfig,
     VectorModelConfig,
 )
-from trainer.distributed import is_distributed, local_device, rank, world_size, wrap_model
-from trainer.errors import GradtrainError
-from trainer.loop import Checkpointer, StopRequest, Trainer
-from trainer.losses import LOSSES, ObjectiveLoss
-from trainer.models import MODELS, VectorModel
-from trainer.optim import OPTIMIZERS
-from trainer.schedulers import SCHEDULERS
-from trainer.sinks import MetricSink, NullSink, TensorBoardSink
-from trainer.views import ParameterViews
+from gradtrain.distributed import is_distributed, local_device, rank, world_size, wrap_model
+from gradtrain.errors import GradtrainError
+from gradtrain.loop import Checkpointer, StopRequest, Trainer
+from gradtrain.losses import LOSSES, ObjectiveLoss
+from gradtrain.metrics.parameter_stats import ParameterViews
+from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
+from gradtrain.models import MODELS, VectorModel
+from gradtrain.optim import OPTIMIZERS
+from gradtrain.schedulers import SCHEDULERS
 
 log = logging.getLogger("gradtrain")
 
@@ -98,7 +98,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
     """Generate or read the data set, split off validation rows, and wrap both in loaders."""
     if isinstance(cfg, NoDatasetConfig):
         return Data()
-    from datasets import (
+    from gradtrain.datasets import (
         ClassificationDataset,
         DataError,
         InMemoryDataset,

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from trainer.errors import GradtrainError
-from trainer.files import write_atomic
+from gradtrain.errors import GradtrainError
+from gradtrain.files import write_atomic
 
 FORMAT_VERSION = 1
 LAST = "last.pt"

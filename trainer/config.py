@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainer.errors import ConfigError
+from gradtrain.errors import ConfigError
 
 
 class StrictModel(BaseModel):
@@ -339,7 +339,7 @@ class TrainerConfig(StrictModel):
     detect_anomaly: bool = False
     # What the run returns to a sweeper and what a sweep summary is sorted by (lower is better).
     # null: the final validation loss when the run has one, else the final training loss.
-    objective: Literal["val_loss", "final_loss", "best_loss"] | None = None
+    monitor: Literal["val_loss", "final_loss", "best_loss"] | None = None
     # Under torchrun: how long a collective (an all-reduce, a broadcast) may wait for the other
     # ranks before the job fails, so a dead or stuck rank ends the job instead of hanging it.
     dist_timeout_s: PositiveInt = 300

@@ -22,19 +22,19 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from trainer.config import TrainerConfig
-from trainer.distributed import (
+from gradtrain.config import TrainerConfig
+from gradtrain.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     sync_gradients,
     unwrap,
     world_size,
 )
-from trainer.progress import ProgressBar
-from trainer.sinks import MetricSink
-from trainer.trajectory import Trajectory
-from trainer.update_record import NonFinite, UpdateRecord
-from trainer.views import ParameterViews
+from gradtrain.guard import NonFinite, UpdateRecord
+from gradtrain.insight.trajectory import Trajectory
+from gradtrain.metrics.parameter_stats import ParameterViews
+from gradtrain.metrics.sinks import MetricSink
+from gradtrain.progress import ProgressBar
 
 StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
 

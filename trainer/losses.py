@@ -11,7 +11,7 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from trainer.registry import Registry
+from gradtrain.registry import Registry
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
 

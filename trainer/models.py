@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from trainer.registry import Registry
+from gradtrain.registry import Registry
 
 MODELS: Registry[type[nn.Module]] = Registry("model")
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
-from trainer.build import build_sink, build_trainer, resolve_device
-from trainer.checkpoint import (
+from gradtrain.build import build_sink, build_trainer, resolve_device
+from gradtrain.checkpoint import (
     LAST,
     CheckpointError,
     CheckpointWriter,
     RankZeroWrites,
     load_checkpoint,
 )
-from trainer.config import Config, validate_config
-from trainer.distributed import (
+from gradtrain.config import Config, validate_config
+from gradtrain.distributed import (
     CollectiveStop,
     broadcast_from_main,
     is_distributed,
@@ -34,15 +34,15 @@ from trainer.distributed import (
     local_device,
     process_group,
 )
-from trainer.errors import GradientCheckError, GradtrainError
-from trainer.explain import explain, explain_batch
-from trainer.figures import TrajectoryFigures
-from trainer.files import write_atomic, write_json_atomic
-from trainer.loop import FitResult, Trainer
-from trainer.models import VectorModel
-from trainer.objective import choose_objective
-from trainer.signals import SignalStop
-from trainer.sinks import HParamValue, MetricSink, NullSink
+from gradtrain.errors import GradientCheckError, GradtrainError
+from gradtrain.files import write_atomic, write_json_atomic
+from gradtrain.insight.explain import explain, explain_batch
+from gradtrain.insight.figures import TrajectoryFigures
+from gradtrain.loop import FitResult, Trainer
+from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
+from gradtrain.models import VectorModel
+from gradtrain.signals import SignalStop
+from gradtrain.sweeps.monitor import choose_monitor
 
 log = logging.getLogger("gradtrain")
 
@@ -134,7 +134,7 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
                 write_json_atomic(run_dir / SUMMARY_FILE, failed)
             raise
         summary = _summary(cfg, result, trainer.module, run_dir)
-        summary["objective"] = choose_objective(cfg.trainer.objective, summary)
+        summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
         if figures is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, LambdaLR, LRScheduler, StepLR
 
-from trainer.registry import Registry
+from gradtrain.registry import Registry
 
 SchedulerFactory = Callable[..., LRScheduler]
 SCHEDULERS: Registry[SchedulerFactory] = Registry("scheduler")

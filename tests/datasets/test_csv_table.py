@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets import DataError, load_csv
+from gradtrain.datasets import DataError, load_csv
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:

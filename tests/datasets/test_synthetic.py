@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from datasets import (
+from gradtrain.datasets import (
     ClassificationDataset,
     EpochBatchSampler,
     EpochSampler,
     RegressionDataset,
     build_dataloader,
 )
-from datasets.loaders import keep_batch
+from gradtrain.datasets.loaders import keep_batch
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

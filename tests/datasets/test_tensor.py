@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from datasets import InMemoryDataset
+from gradtrain.datasets import InMemoryDataset
 
 
 def make(n: int = 10) -> InMemoryDataset:

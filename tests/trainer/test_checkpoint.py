@@ -8,19 +8,19 @@ from typing import Any
 
 import pytest
 import torch
-from test_loop import RecordingSink
+from conftest import RecordingSink
 
-from trainer.build import build_trainer
-from trainer.checkpoint import (
+from gradtrain.build import build_trainer
+from gradtrain.checkpoint import (
     LAST,
     CheckpointError,
     CheckpointWriter,
     load_checkpoint,
     save_checkpoint,
 )
-from trainer.config import validate_config
-from trainer.loop import Trainer
-from trainer.run import TrainingDiverged, run, seed_everything
+from gradtrain.config import validate_config
+from gradtrain.loop import Trainer
+from gradtrain.run import TrainingDiverged, run, seed_everything
 
 Compose = Callable[..., dict[str, Any]]
 
@@ -259,9 +259,9 @@ class SavedSteps:
 
 
 def sqrt_trainer(checkpointer: SavedSteps | None = None, **settings: Any) -> Trainer:
-    from trainer.config import TrainerConfig
-    from trainer.models import VectorModel
-    from trainer.optim import ManualSGD
+    from gradtrain.config import TrainerConfig
+    from gradtrain.models import VectorModel
+    from gradtrain.optim import ManualSGD
 
     model = VectorModel([0.0, 1.0])
     return Trainer(

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from trainer.config import Config, validate_config
-from trainer.errors import ConfigError
+from gradtrain.config import Config, validate_config
+from gradtrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = ["loss", "model", "dataset", "optimizer", "scheduler", "trainer", "logger", "experiment"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import read_scalars
 
-from trainer.build import build_trainer
-from trainer.config import validate_config
-from trainer.sinks import TensorBoardSink
+from gradtrain.build import build_trainer
+from gradtrain.config import validate_config
+from gradtrain.metrics.sinks import TensorBoardSink
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

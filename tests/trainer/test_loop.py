@@ -9,39 +9,17 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import RecordingSink
 
-from trainer.build import build_trainer
-from trainer.config import TrainerConfig, validate_config
-from trainer.loop import Trainer
-from trainer.losses import QuadraticLoss
-from trainer.models import VectorModel
-from trainer.optim import ManualSGD
-from trainer.run import run
+from gradtrain.build import build_trainer
+from gradtrain.config import TrainerConfig, validate_config
+from gradtrain.loop import Trainer
+from gradtrain.losses import QuadraticLoss
+from gradtrain.models import VectorModel
+from gradtrain.optim import ManualSGD
+from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
-
-
-class RecordingSink:
-    """A MetricSink that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.scalars: dict[str, list[tuple[int, float]]] = {}
-
-    def log_scalars(self, scalars: dict[str, Any], step: int) -> None:
-        for tag, value in scalars.items():
-            self.scalars.setdefault(tag, []).append((step, float(value)))
-
-    def log_text(self, tag: str, text: str) -> None:
-        pass
-
-    def log_hparams(self, hparams: Any, metrics: Any, step: int) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def quadratic_trainer(sink: RecordingSink, **settings: Any) -> Trainer:
@@ -168,7 +146,7 @@ def test_summary_json_holds_the_documented_fields(composed: Compose, tmp_path: P
 
 
 def test_a_finished_run_is_never_overwritten(composed: Compose, tmp_path: Path) -> None:
-    from trainer.errors import GradtrainError
+    from gradtrain.errors import GradtrainError
 
     run(composed("logger=none"), tmp_path)
     before = (tmp_path / "summary.json").read_bytes()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from trainer.optim import OPTIMIZERS, ManualSGD
+from gradtrain.optim import OPTIMIZERS, ManualSGD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_manual_sgd_with_a_scheduler_never_imports_dynamo() -> None:
         """
         import sys
         import torch
-        from trainer.optim import ManualSGD
+        from gradtrain.optim import ManualSGD
         x = torch.nn.Parameter(torch.ones(3))
         optimizer = ManualSGD([x], lr=0.1, momentum=0.5)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import torch
-from test_loop import RecordingSink
+from conftest import RecordingSink
 
-from trainer.build import build_data, build_trainer
-from trainer.config import validate_config
-from trainer.loop import Trainer
-from trainer.models import MLP
-from trainer.optim import ManualSGD
-from trainer.run import seed_everything
+from gradtrain.build import build_data, build_trainer
+from gradtrain.config import validate_config
+from gradtrain.loop import Trainer
+from gradtrain.models import MLP
+from gradtrain.optim import ManualSGD
+from gradtrain.run import seed_everything
 
 Compose = Callable[..., dict[str, Any]]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import read_scalars
 
-from trainer.run import run
+from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
 

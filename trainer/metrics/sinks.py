@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from trainer.dashboard import CHART_LAYOUT, hparams_summaries
+from gradtrain.metrics.dashboard import CHART_LAYOUT, hparams_summaries
 
 HParamValue = int | float | str | bool
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -95,7 +95,7 @@ class TensorBoardSink:
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from torch.utils.tensorboard.summary import custom_scalars
 
-        from trainer.event_file import EventFileWriter
+        from gradtrain.metrics.event_file import EventFileWriter
 
         self.log_dir = log_dir
         self.flush_secs = flush_secs

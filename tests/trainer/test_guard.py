@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainer.update_record import NonFinite, UpdateRecord
+from gradtrain.guard import NonFinite, UpdateRecord
 
 
 def test_settle_gives_the_lowest_loss_and_forgets() -> None:

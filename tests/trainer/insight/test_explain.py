@@ -15,13 +15,13 @@ import torch
 from conftest import ROOT, TrainResult
 from torch import Tensor, nn
 
-from trainer.autograd_graph import walk_backward_graph
-from trainer.errors import GradientCheckError, GradtrainError
-from trainer.explain import explain, explain_batch
-from trainer.gradcheck import check_gradients
-from trainer.losses import LOSSES, MSELoss, QuadraticLoss, RosenbrockLoss
-from trainer.models import LinearModel, VectorModel
-from trainer.run import run
+from gradtrain.errors import GradientCheckError, GradtrainError
+from gradtrain.insight.autograd_graph import walk_backward_graph
+from gradtrain.insight.explain import explain, explain_batch
+from gradtrain.insight.gradient_check import check_gradients
+from gradtrain.losses import LOSSES, MSELoss, QuadraticLoss, RosenbrockLoss
+from gradtrain.models import LinearModel, VectorModel
+from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
 LECTURE_X = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -252,8 +252,8 @@ def test_markdown_states_the_tolerance_and_the_verdict() -> None:
 def test_explain_batch_is_the_first_samples_and_leaves_shuffling_alone(
     composed: Compose,
 ) -> None:
-    from trainer.build import build_data
-    from trainer.config import validate_config
+    from gradtrain.build import build_data
+    from gradtrain.config import validate_config
 
     cfg = validate_config(composed("experiment=linear_regression"))
     loader = build_data(cfg.dataset, seed=0).train_loader
@@ -336,8 +336,7 @@ def test_train_py_exits_non_zero_when_the_gradient_check_fails(tmp_path: Path) -
     script.write_text(
         f"""
 import runpy, sys
-sys.path.insert(0, {str(ROOT)!r})
-from trainer.losses import LOSSES, QuadraticLoss
+from gradtrain.losses import LOSSES, QuadraticLoss
 
 class WrongQuadraticLoss(QuadraticLoss):
     def analytic_gradient(self, x):

@@ -11,7 +11,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
 
-from trainer.event_file import (
+from gradtrain.metrics.event_file import (
     EventFileWriter,
     crc32c,
     crc32c_many,

@@ -19,17 +19,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from trainer.gradcheck import objective
-from trainer.losses import ObjectiveLoss
-from trainer.models import VectorModel
-from trainer.sinks import MetricSink
-from trainer.trajectory import MAX_PARAMETERS, TRAJECTORY_FILE, Trajectory, save_trajectory
+from gradtrain.insight.gradient_check import objective
+from gradtrain.insight.trajectory import (
+    MAX_PARAMETERS,
+    TRAJECTORY_FILE,
+    Trajectory,
+    save_trajectory,
+)
+from gradtrain.losses import ObjectiveLoss
+from gradtrain.metrics.sinks import MetricSink
+from gradtrain.models import VectorModel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from trainer.config import Config
-    from trainer.loop import Trainer
+    from gradtrain.config import Config
+    from gradtrain.loop import Trainer
 
 log = logging.getLogger("gradtrain")
 
@@ -331,8 +336,8 @@ def draw_sweep_comparison(sweep_dir: Path) -> Path | None:
     """Every job's `trajectory.json` under `sweep_dir`, drawn on one figure: on the loss
     landscape when all jobs minimized the same objective of 1 or 2 parameters, else on shared
     principal directions. Returns the figure's path, or None (saying why) when there is none."""
-    from trainer.files import write_atomic
-    from trainer.trajectory import load_trajectory
+    from gradtrain.files import write_atomic
+    from gradtrain.insight.trajectory import load_trajectory
 
     files = sorted(sweep_dir.glob(f"*/{TRAJECTORY_FILE}"), key=_job_number)
     if len(files) < 2:
@@ -364,8 +369,8 @@ def draw_sweep_comparison(sweep_dir: Path) -> Path | None:
 def build_loss_from_dict(loss: dict[str, Any]) -> nn.Module:
     from pydantic import TypeAdapter
 
-    from trainer.build import build_loss
-    from trainer.config import LossConfig
+    from gradtrain.build import build_loss
+    from gradtrain.config import LossConfig
 
     return build_loss(TypeAdapter(LossConfig).validate_python(loss))
 

@@ -75,7 +75,7 @@ class Trajectory:
 
 def save_trajectory(path: Path, trajectory: Trajectory, problem: dict[str, Any]) -> None:
     """`trajectory.json`: the path and the loss config it was taken on (for sweep figures)."""
-    from trainer.files import write_atomic
+    from gradtrain.files import write_atomic
 
     steps, points = trajectory.path()
     data = {"problem": problem, "steps": steps, "points": points.tolist()}

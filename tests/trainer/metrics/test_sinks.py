@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import read_scalars
-from test_loop import RecordingSink
+from conftest import RecordingSink, read_scalars
 
-from trainer.build import build_trainer
-from trainer.config import validate_config
-from trainer.losses import QuadraticLoss
-from trainer.run import flatten_hparams, run
-from trainer.sinks import TensorBoardSink
+from gradtrain.build import build_trainer
+from gradtrain.config import validate_config
+from gradtrain.losses import QuadraticLoss
+from gradtrain.metrics.sinks import TensorBoardSink
+from gradtrain.run import flatten_hparams, run
 
 
 def read_run(log_dir: Path) -> Any:

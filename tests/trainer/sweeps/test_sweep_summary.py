@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from trainer.errors import GradtrainError
-from trainer.objective import choose_objective, objective_value
-from trainer.run import run
-from trainer.sweep_job import run_sweep_job
-from trainer.sweep_summary import claim_sweep_dir, collect_rows, csv_text, markdown_table
+from gradtrain.errors import GradtrainError
+from gradtrain.run import run
+from gradtrain.sweeps.job import run_sweep_job
+from gradtrain.sweeps.monitor import choose_monitor, monitored_value
+from gradtrain.sweeps.summary import claim_sweep_dir, collect_rows, csv_text, markdown_table
 
 Compose = Callable[..., dict[str, Any]]
 
@@ -39,41 +39,41 @@ def completed(**values: Any) -> dict[str, Any]:
 
 def test_rows_are_sorted_by_objective_and_failures_come_last(tmp_path: Path) -> None:
     make_job(tmp_path, 0, ["a=0"], {"status": "failed", "error": "boom", "steps": 3})
-    make_job(tmp_path, 1, ["a=1"], completed(final_loss=2.0, best_loss=1.0, objective="final_loss"))
+    make_job(tmp_path, 1, ["a=1"], completed(final_loss=2.0, best_loss=1.0, monitor="final_loss"))
     make_job(
-        tmp_path, 2, ["a=2"], completed(final_loss=-1.0, best_loss=-1.0, objective="final_loss")
+        tmp_path, 2, ["a=2"], completed(final_loss=-1.0, best_loss=-1.0, monitor="final_loss")
     )
     make_job(tmp_path, 3, ["a=3"])  # stopped before writing summary.json
     rows = collect_rows(tmp_path)
     assert [row.job for row in rows] == ["2_a=2", "1_a=1", "0_a=0", "3_a=3"]
     assert [row.status for row in rows] == ["completed", "completed", "failed", "failed"]
     assert rows[2].reason == "boom" and "no summary.json" in rows[3].reason
-    assert rows[0].overrides == ["a=2"] and rows[0].objective_value == -1.0
+    assert rows[0].overrides == ["a=2"] and rows[0].monitored_value == -1.0
 
 
 def test_validation_metrics_become_columns_and_val_loss_is_the_default_objective(
     tmp_path: Path,
 ) -> None:
     # Runs with a validation set report val_loss (and maybe val_accuracy); it wins over the
-    # training loss when trainer.objective is null.
+    # training loss when trainer.monitor is null.
     make_job(tmp_path, 0, ["a=0"], completed(final_loss=0.1, val_loss=0.9, val_accuracy=0.5))
     make_job(tmp_path, 1, ["a=1"], completed(final_loss=0.5, val_loss=0.3, val_accuracy=0.8))
     rows = collect_rows(tmp_path)
     assert [row.job for row in rows] == ["1_a=1", "0_a=0"]
-    assert rows[0].objective == "val_loss" and rows[0].objective_value == 0.3
+    assert rows[0].monitor == "val_loss" and rows[0].monitored_value == 0.3
     header = csv_text(rows).splitlines()[0].split(",")
     assert header[header.index("best_loss") + 1 :][:2] == ["val_accuracy", "val_loss"]
     assert "| 0.8 | 0.3 |" in markdown_table(rows)
 
 
 def test_a_non_finite_objective_is_diverged_and_a_stated_status_is_kept(tmp_path: Path) -> None:
-    make_job(tmp_path, 0, ["a=0"], completed(final_loss=math.nan, objective="final_loss"))
+    make_job(tmp_path, 0, ["a=0"], completed(final_loss=math.nan, monitor="final_loss"))
     stated = {"status": "diverged", "error": "loss became inf at step 7", "final_loss": math.inf}
     make_job(tmp_path, 1, ["a=1"], stated)
     rows = {row.job: row for row in collect_rows(tmp_path)}
     assert (rows["0_a=0"].status, rows["0_a=0"].reason) == ("diverged", "final_loss is nan")
     assert (rows["1_a=1"].status, rows["1_a=1"].reason) == ("diverged", "loss became inf at step 7")
-    assert all(row.objective_value is None for row in rows.values())
+    assert all(row.monitored_value is None for row in rows.values())
 
 
 def test_markdown_cells_stay_on_one_line_and_keep_pipes_inside(tmp_path: Path) -> None:
@@ -95,17 +95,17 @@ def test_claiming_a_sweep_folder_refuses_one_that_holds_a_sweep(tmp_path: Path) 
 
 # ------------------------------------------------------------------------------------ objective
 def test_objective_is_val_loss_when_present_else_final_loss_unless_chosen() -> None:
-    assert choose_objective(None, {"final_loss": 1.0}) == "final_loss"
-    assert choose_objective(None, {"final_loss": 1.0, "val_loss": 2.0}) == "val_loss"
-    assert choose_objective("best_loss", {"best_loss": 0.5, "val_loss": 2.0}) == "best_loss"
-    with pytest.raises(GradtrainError, match=r"trainer.objective=val_loss .* no val_loss"):
-        choose_objective("val_loss", {"final_loss": 1.0})
+    assert choose_monitor(None, {"final_loss": 1.0}) == "final_loss"
+    assert choose_monitor(None, {"final_loss": 1.0, "val_loss": 2.0}) == "val_loss"
+    assert choose_monitor("best_loss", {"best_loss": 0.5, "val_loss": 2.0}) == "best_loss"
+    with pytest.raises(GradtrainError, match=r"trainer.monitor=val_loss .* no val_loss"):
+        choose_monitor("val_loss", {"final_loss": 1.0})
 
 
 def test_a_run_records_and_returns_its_objective(composed: Compose, tmp_path: Path) -> None:
-    summary = run(composed("logger=none", "trainer.objective=best_loss"), tmp_path / "a")
-    assert summary["objective"] == "best_loss"
-    assert objective_value(summary) == summary["best_loss"]
+    summary = run(composed("logger=none", "trainer.monitor=best_loss"), tmp_path / "a")
+    assert summary["monitor"] == "best_loss"
+    assert monitored_value(summary) == summary["best_loss"]
     value = run_sweep_job(composed("logger=none", "trainer.max_steps=20"), tmp_path / "b")
     assert value == json.loads((tmp_path / "b" / "summary.json").read_text())["final_loss"]
 

@@ -21,7 +21,7 @@ log = logging.getLogger("gradtrain")
 class TrajectoryFigureCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here: Hydra builds callbacks for every run, which should not load torch early.
-        from trainer.figures import draw_sweep_comparison
+        from gradtrain.insight.figures import draw_sweep_comparison
 
         figure = draw_sweep_comparison(Path(config.hydra.sweep.dir))
         if figure is not None:

@@ -17,16 +17,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from trainer.autograd_graph import ACCUMULATE_GRAD, BackwardGraph, walk_backward_graph
-from trainer.gradcheck import (
+from gradtrain.insight.autograd_graph import ACCUMULATE_GRAD, BackwardGraph, walk_backward_graph
+from gradtrain.insight.gradient_check import (
     AnalyticGradient,
     GradientCheck,
     check_gradients,
     compute_loss,
     objective,
 )
-from trainer.losses import ObjectiveLoss
-from trainer.models import VectorModel
+from gradtrain.losses import ObjectiveLoss
+from gradtrain.models import VectorModel
 
 # A Jacobian is printed when it has at most this many entries.
 MAX_JACOBIAN_ENTRIES = 100

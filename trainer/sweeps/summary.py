@@ -1,4 +1,4 @@
-"""The table that closes a sweep: one row per job, best objective first, written to
+"""The table that closes a sweep: one row per job, best monitored metric first, written to
 `<sweep dir>/sweep_summary.csv` and `sweep_summary.md` and printed.
 
 `SweepSummary` is a Hydra callback (`hydra.callbacks.sweep_summary` in configs/config.yaml). It
@@ -22,8 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from trainer.files import write_atomic
-from trainer.objective import choose_objective, objective_value
+from gradtrain.files import write_atomic
+from gradtrain.sweeps.monitor import choose_monitor, monitored_value
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
@@ -41,8 +41,8 @@ class JobRow:
     number: int | None  # hydra.job.num
     overrides: list[str]
     status: str  # completed, failed, diverged (or any other status summary.json states)
-    objective: str | None  # the summary key the job is judged by, e.g. final_loss
-    objective_value: float | None  # None unless completed with a finite objective
+    monitor: str | None  # the summary key the job is judged by, e.g. final_loss
+    monitored_value: float | None  # None unless completed with a finite value
     final_loss: float | None = None
     best_loss: float | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)  # every val_* in summary.json
@@ -63,9 +63,9 @@ class SweepSummary(Callback):
         table = markdown_table(rows)
         write_atomic(sweep_dir / SUMMARY_CSV, lambda file: file.write(csv_text(rows).encode()))
         write_atomic(sweep_dir / SUMMARY_MD, lambda file: file.write(table.encode()))
-        objectives = sorted({row.objective for row in rows if row.objective})
+        monitors = " / ".join(sorted({row.monitor for row in rows if row.monitor}))
         print(
-            f"\nSweep summary: {len(rows)} jobs, lowest {' / '.join(objectives) or 'objective'} "
+            f"\nSweep summary: {len(rows)} jobs, lowest {monitors or 'monitored metric'} "
             f"first ({sweep_dir / SUMMARY_CSV}, {SUMMARY_MD})\n\n{table}",
             flush=True,
         )
@@ -104,7 +104,7 @@ def claim_sweep_dir(sweep_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ rows
 def collect_rows(sweep_dir: Path) -> list[JobRow]:
-    """One row per job folder under `sweep_dir`, best objective first, then failures by number.
+    """One row per job folder under `sweep_dir`, best first, then failures by number.
 
     A job folder is one with Hydra's `.hydra/` record or a `summary.json`; it is searched for at
     any depth, since an override value with a `/` nests the folder Hydra names after it.
@@ -118,7 +118,7 @@ def collect_rows(sweep_dir: Path) -> list[JobRow]:
 
 
 def _rank(row: JobRow) -> tuple[bool, float, float, str]:
-    value = row.objective_value
+    value = row.monitored_value
     number = math.inf if row.number is None else row.number
     return (value is None, 0.0 if value is None else value, number, row.job)
 
@@ -133,10 +133,10 @@ def job_row(job_dir: Path, sweep_dir: Path) -> JobRow:
     summary: dict[str, Any] = json.loads(summary_path.read_text())
     # Read with .get: summary.json may come from an older or newer gradtrain, or a failed job.
     status = str(summary.get("status", "failed"))
-    value = objective_value(summary)
-    objective: str | None = summary.get("objective")
-    if objective is None and status == "completed":  # a summary from before `objective` existed
-        objective = choose_objective(None, summary)
+    value = monitored_value(summary)
+    monitor: str | None = summary.get("monitor")
+    if monitor is None and status == "completed":  # a summary from before `monitor` existed
+        monitor = choose_monitor(None, summary)
     reason = str(
         summary.get("error")
         or summary.get("message")
@@ -146,14 +146,14 @@ def job_row(job_dir: Path, sweep_dir: Path) -> JobRow:
     )
     reason = " ".join(reason.split())  # one line: a config error lists its problems on several
     if status == "completed" and value is None:  # trained to the end, but to a non-finite loss
-        status, reason = "diverged", f"{objective} is {summary.get(str(objective))}"
+        status, reason = "diverged", f"{monitor} is {summary.get(str(monitor))}"
     return JobRow(
         job=name,
         number=number,
         overrides=overrides,
         status=status,
-        objective=objective,
-        objective_value=value,
+        monitor=monitor,
+        monitored_value=value,
         final_loss=_number(summary.get("final_loss")),
         best_loss=_number(summary.get("best_loss")),
         val_metrics={
@@ -189,8 +189,8 @@ def _columns(rows: list[JobRow]) -> list[str]:
         "job",
         "overrides",
         "status",
-        "objective",
-        "objective_value",
+        "monitor",
+        "monitored_value",
         "final_loss",
         "best_loss",
         *val_keys,
@@ -205,8 +205,8 @@ def _record(row: JobRow) -> Mapping[str, Any]:
         "job": row.job,
         "overrides": " ".join(row.overrides),
         "status": row.status,
-        "objective": row.objective,
-        "objective_value": row.objective_value,
+        "monitor": row.monitor,
+        "monitored_value": row.monitored_value,
         "final_loss": row.final_loss,
         "best_loss": row.best_loss,
         **row.val_metrics,

@@ -16,17 +16,17 @@ import pytest
 import torch
 from conftest import TrainResult
 
-from trainer.figures import (
+from gradtrain.insight.figures import (
     FIGURE_TAG,
     draw_sweep_comparison,
     objective_landscape,
     principal_projection,
     trajectory_png,
 )
-from trainer.losses import QuadraticLoss, RosenbrockLoss
-from trainer.run import run
-from trainer.sinks import TensorBoardSink, png_size
-from trainer.trajectory import Trajectory, load_trajectory, save_trajectory
+from gradtrain.insight.trajectory import Trajectory, load_trajectory, save_trajectory
+from gradtrain.losses import QuadraticLoss, RosenbrockLoss
+from gradtrain.metrics.sinks import TensorBoardSink, png_size
+from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
 
@@ -187,7 +187,7 @@ def test_sweep_figure_labels_jobs_by_what_sets_them_apart(tmp_path: Path) -> Non
     figure = draw_sweep_comparison(tmp_path)
     assert figure == tmp_path / "trajectories.png"
     assert decode(figure.read_bytes()) == (640, 480)
-    from trainer.figures import _job_labels
+    from gradtrain.insight.figures import _job_labels
 
     assert _job_labels(sorted(p for p in tmp_path.iterdir() if p.is_dir())) == [
         "optimizer=sgd",
@@ -215,8 +215,8 @@ def test_sweep_of_optimizers_on_rosenbrock_draws_one_figure(
 
 
 def test_figure_settings_are_validated_with_the_rest_of_the_config(composed: Compose) -> None:
-    from trainer.config import validate_config
-    from trainer.errors import ConfigError
+    from gradtrain.config import validate_config
+    from gradtrain.errors import ConfigError
 
     cfg = validate_config(composed())
     assert cfg.logger.name == "tensorboard"

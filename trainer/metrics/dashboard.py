@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    from trainer.sinks import HParamValue
+    from gradtrain.metrics.sinks import HParamValue
 
 # Custom Scalars: category -> chart title -> ("Multiline", regexes of the tags it overlays).
 # TensorBoard merges the identical layouts of all runs into one, and draws every run's matching

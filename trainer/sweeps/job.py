@@ -3,7 +3,7 @@
 Hydra's basic sweeper re-raises the first failed job's exception once its batch is done, which
 ends the sweep before the end-of-sweep callbacks run (and Optuna's sweeper does the same beyond its
 failure rate). So a job records its failure in its own `summary.json`, logs the reason, and
-returns no objective; the sweep summary (`trainer/sweep_summary.py`) then reports it and makes
+returns no value; the sweep summary (`trainer/sweeps/summary.py`) then reports it and makes
 the sweep exit non-zero.
 """
 
@@ -14,21 +14,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import GradtrainError
-from trainer.files import write_json_atomic
-from trainer.objective import objective_value
+from gradtrain.errors import GradtrainError
+from gradtrain.files import write_json_atomic
+from gradtrain.sweeps.monitor import monitored_value
 
 log = logging.getLogger("gradtrain")
 
 
 def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
-    """Run one job; return its objective, or None when it failed or diverged.
+    """Run one job; return its monitored metric, or None when it failed or diverged.
 
     None, not NaN: Optuna's sweeper records a value that is not a number as a failed trial and
     carries on, whereas a NaN makes hydra-optuna-sweeper 1.2/1.3 crash the whole search (its
     failure path hands the NaN back to `study.tell`, which refuses values for failed trials).
     """
-    from trainer.run import SUMMARY_FILE, run
+    from gradtrain.run import SUMMARY_FILE, run
 
     try:
         summary = run(raw_config, run_dir)
@@ -44,10 +44,10 @@ def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
         if not (run_dir / SUMMARY_FILE).exists():
             write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": reason})
         return None
-    objective = objective_value(summary)
-    if objective is None:
-        name = summary.get("objective", "final_loss")
+    value = monitored_value(summary)
+    if value is None:
+        name = summary.get("monitor", "final_loss")
         log.error(
             f"gradtrain: job {summary['status']} without a finite {name}: {summary.get(name)}"
         )
-    return objective
+    return value
