@@ -35,12 +35,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-ROOT = Path(__file__).resolve().parents[1]
+from gradtrain.build import build_sink, build_trainer
+from gradtrain.config import validate_config
+from gradtrain.datasets import RegressionDataset, build_dataloader
+from gradtrain.run import seed_everything
 
-from gradtrain.build import build_sink, build_trainer  # noqa: E402
-from gradtrain.config import validate_config  # noqa: E402
-from gradtrain.datasets import RegressionDataset, build_dataloader  # noqa: E402
-from gradtrain.run import seed_everything  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 N_SAMPLES, N_FEATURES, BATCH_SIZE = 8192, 32, 64
 QUADRATIC_LR = 1e-3  # small enough that x stays far from denormal floats for the whole run

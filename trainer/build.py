@@ -28,11 +28,19 @@ from gradtrain.config import (
     TensorBoardLoggerConfig,
     VectorModelConfig,
 )
-from gradtrain.distributed import is_distributed, local_device, rank, world_size, wrap_model
+from gradtrain.distributed import (
+    is_distributed,
+    local_device,
+    rank,
+    unwrap,
+    world_size,
+    wrap_model,
+)
 from gradtrain.errors import GradtrainError
-from gradtrain.loop import Checkpointer, StopRequest, Trainer
-from gradtrain.losses import LOSSES, ObjectiveLoss
-from gradtrain.metrics.parameter_stats import ParameterViews
+from gradtrain.insight.trajectory import Trajectory
+from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
+from gradtrain.losses import LOSSES, ParameterLoss
+from gradtrain.metrics.parameter_stats import ParameterStats
 from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
 from gradtrain.models import MODELS, VectorModel
 from gradtrain.optim import OPTIMIZERS
@@ -52,17 +60,28 @@ class Data:
     class_names: list[str] | None = None  # classification: index -> label in the source
 
 
-def build_trainer(
-    cfg: Config,
-    sink: MetricSink,
-    checkpointer: Checkpointer | None = None,
-    stop_request: StopRequest | None = None,
-) -> Trainer:
-    """Everything a run needs, built from a validated config (the seed is set by the caller).
+@dataclass
+class Components:
+    """Everything a `Trainer` is built from, made from a validated config."""
 
-    Under torchrun (the process group already joined) the model is wrapped in
-    DistributedDataParallel and each process loads its shard of the data.
-    """
+    model: nn.Module  # wrapped in DistributedDataParallel under torchrun
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler | None
+    data: Data
+    device: torch.device
+    parameter_stats: ParameterStats | None
+
+    @property
+    def module(self) -> nn.Module:
+        """The model itself, unwrapped (parameter names, checkpoints, figures)."""
+        return unwrap(self.model)
+
+
+def build(cfg: Config, sink: MetricSink) -> Components:
+    """The model, loss, optimizer, scheduler and data of a validated config (the seed is set by
+    the caller). Under torchrun (the process group already joined) the model is wrapped in
+    DistributedDataParallel and each process loads its shard of the data."""
     if is_distributed() and cfg.optimizer.name == "lbfgs":
         # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
         # ranks would disagree on the number of backward passes (and all-reduces) and hang.
@@ -72,22 +91,46 @@ def build_trainer(
     data = build_data(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg, loss_fn, data).to(device)
     optimizer = build_optimizer(cfg.optimizer, model)
-    trainer = Trainer(
-        wrap_model(model, device),
-        loss_fn,
-        optimizer,
-        data.train_loader,
+    batches_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
+    steps = total_steps(cfg.trainer, batches_per_epoch)
+    return Components(
+        model=wrap_model(model, device),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
+        data=data,
+        device=device,
+        parameter_stats=build_parameter_stats(cfg.logger, sink, model),
+    )
+
+
+def build_trainer(
+    cfg: Config,
+    sink: MetricSink,
+    checkpointer: Checkpointer | None = None,
+    stop_request: StopRequest | None = None,
+    trajectory: Trajectory | None = None,
+    components: Components | None = None,
+) -> Trainer:
+    """A Trainer for a validated config: `build(cfg, sink)` (unless the components are given),
+    handed over whole at construction."""
+    parts = components if components is not None else build(cfg, sink)
+    return Trainer(
+        parts.model,
+        parts.loss_fn,
+        parts.optimizer,
+        parts.data.train_loader,
         cfg.trainer,
-        device,
+        parts.device,
         sink,
-        val_loader=data.val_loader,
-        classification=data.n_classes is not None,
+        scheduler=parts.scheduler,
+        val_loader=parts.data.val_loader,
+        classification=parts.data.n_classes is not None,
         checkpointer=checkpointer,
         stop_request=stop_request,
-        views=build_views(cfg.logger, sink, model),
+        trajectory=trajectory,
+        parameter_stats=parts.parameter_stats,
     )
-    trainer.scheduler = build_scheduler(cfg.scheduler, optimizer, trainer.total_steps())
-    return trainer
 
 
 def build_loss(cfg: LossConfig) -> nn.Module:
@@ -166,7 +209,7 @@ def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
             return VectorModel(model_cfg.init)
         if model_cfg.size is not None:
             return VectorModel.random(model_cfg.size, seed=cfg.seed)
-        if not isinstance(loss, ObjectiveLoss):
+        if not isinstance(loss, ParameterLoss):
             raise GradtrainError(f"loss={cfg.loss.name} has no standard start; set model.init")
         return VectorModel(loss.standard_start)
 
@@ -224,14 +267,16 @@ def build_sink(cfg: LoggerConfig, log_dir: Path, purge_step: int | None = None) 
     return NullSink()
 
 
-def build_views(cfg: LoggerConfig, sink: MetricSink, model: nn.Module) -> ParameterViews | None:
+def build_parameter_stats(
+    cfg: LoggerConfig, sink: MetricSink, model: nn.Module
+) -> ParameterStats | None:
     """Histograms and update ratios when the TensorBoard logger asks for them, else None."""
     if not isinstance(cfg, TensorBoardLoggerConfig) or not isinstance(sink, TensorBoardSink):
         return None
     if cfg.histogram_every_n_steps is None and not cfg.update_ratio:
         return None
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return ParameterViews(named, sink, cfg.histogram_every_n_steps, cfg.update_ratio)
+    return ParameterStats(named, sink, cfg.histogram_every_n_steps, cfg.update_ratio)
 
 
 def resolve_device(name: str) -> torch.device:

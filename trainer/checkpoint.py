@@ -7,7 +7,9 @@ A checkpoint is a plain dict of tensors, numbers, strings and containers (see
 from __future__ import annotations
 
 import pickle
+import random
 import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,11 +82,39 @@ class CheckpointWriter:
             path.unlink(missing_ok=True)
 
 
-class RankZeroWrites:
-    """The checkpointer of the other ranks under torchrun: writes nothing, as only rank 0 does.
+class NullCheckpointWriter:
+    """The checkpoint writer of ranks other than 0 under torchrun: writes nothing (rank 0 does).
 
     They still take their checkpoints at the same steps as rank 0, checking the weights first
     (`Trainer._checkpoint`), so every rank sees the same values and stops at the same step."""
 
     def save(self, payload: dict[str, Any], step: int) -> None:
         return None
+
+
+# ------------------------------------------------------------------- random number generators
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random number generator a run draws from (torch, CUDA, Python, NumPy when loaded),
+    as tensors and plain data that `weights_only` loading accepts."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if "numpy" in sys.modules:
+        kind, keys, position, has_gauss, cached = sys.modules["numpy"].random.get_state()
+        rng["numpy"] = [kind, torch.from_numpy(keys.copy()), position, has_gauss, cached]
+    return rng
+
+
+def restore_rng_state(rng: dict[str, Any]) -> None:
+    """Put every generator back where `capture_rng_state` found it."""
+    torch.set_rng_state(rng["torch"])
+    # `random.getstate()` is (version, tuple of ints, gauss); a checkpoint may hold lists.
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "numpy" in rng:
+        import numpy
+
+        kind, keys, position, has_gauss, cached = rng["numpy"]
+        numpy.random.set_state((kind, keys.numpy(), position, has_gauss, cached))

@@ -1,22 +1,24 @@
-"""What the loop remembers of each update between two reads: its loss and, where it was taken,
-its global gradient norm.
+"""The non-finite guard: a NaN or an infinity in a loss, a gradient or a weight stops the run
+(`trainer.on_nonfinite=stop`, the default), skips the update (`skip`), or is ignored (`off`).
 
 Reading a loss back (`.item()`) or checking it with `torch.isfinite` every step would cost a host
 synchronisation or several kernels per step, as much as a small model's whole update. Instead,
 each update's loss is kept as the 0-d device tensor it already is (appending it to a list runs no
-kernel), with the global gradient norm of the updates that computed one anyway (logging steps).
-`settle()` stacks them once and reads them back with one transfer: the lowest loss, and the first
-update whose loss or gradient norm is a NaN or an infinity. A norm is finite exactly when every
-gradient is (or when it overflows float32, which counts as non-finite too).
+kernel), with the global gradient norm of the updates that computed one anyway (logging steps,
+clipping). `settle()` stacks them once and reads them back with one transfer: the lowest loss, and
+the first update whose loss or gradient norm is a NaN or an infinity. A norm is finite exactly
+when every gradient is (or when it overflows float32, which counts as non-finite too).
 
 Gradients of the other updates are not checked, and need not be: a non-finite gradient makes its
-update's parameters non-finite, and so the next update's loss. (The loop checks the parameters
-themselves before each checkpoint, for the update just made.)
+update's parameters non-finite, and so the next update's loss. Before each checkpoint and at the
+end the weights themselves are checked, element by element (a norm of finite weights can
+overflow), so no checkpoint ever holds the weights of a bad update.
 
 The loop settles at checkpoints, at the end, and at the first logging step after `settle_every`
 updates or `settle_after_s` seconds (a GPU may synchronise at logging steps, never between them).
-So a run that diverges stops within about `settle_every` updates or a second or so, yet names
-the update that went wrong.
+So a run that diverges stops within about `settle_every` updates or a second or so, yet names the
+update that went wrong. Under `skip` the verdict is needed before each update, so every update
+settles (a host synchronisation per step: the price of deciding in time).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+Policy = Literal["stop", "skip", "off"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +120,98 @@ class UpdateRecord:
                 lowest_finite = losses[:column].min() if column > 0 else None
                 return Settled(lowest_finite, NonFinite(step, "loss" if bad_loss else "gradient"))
         return Settled(losses.min(), None)
+
+
+class NonFiniteGuard:
+    """Watches every update for non-finite values and says when the run must stop, and why.
+
+    Args:
+        policy: `trainer.on_nonfinite`: stop, skip or off.
+        named_parameters: the trained parameters by name (messages name the culprit).
+        max_skips: under `skip`, the most consecutive skipped updates before the run stops.
+        device: where the losses live (`best_loss` is kept there).
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        named_parameters: list[tuple[str, Tensor]],
+        max_skips: int,
+        device: torch.device,
+    ) -> None:
+        self.policy = policy
+        self.named_parameters = named_parameters
+        self.max_skips = max_skips
+        self.record = UpdateRecord(check_finite=policy != "off")
+        self.best_loss = torch.tensor(math.inf, device=device)  # of the settled updates
+        self.consecutive_skips = 0
+
+    @property
+    def decides_before_each_update(self) -> bool:
+        """Under `skip` the gradients are looked at (their norm) and settled before each update."""
+        return self.policy == "skip"
+
+    def watch(self, step: int, loss: Tensor, grad_norm: Tensor | None) -> None:
+        """Remember update `step`'s loss and global gradient norm (if taken) for the next check."""
+        self.record.record(step, loss, grad_norm)
+
+    def skip_update(self, steps_done: int) -> tuple[bool, str | None]:
+        """Under `skip`: whether the update just watched must be dropped (a host sync), and, when
+        it is one too many in a row, why the run stops. Never skips under `stop` or `off`."""
+        if not self.decides_before_each_update:
+            return False, None
+        bad = self._settle()
+        if bad is None:
+            self.consecutive_skips = 0
+            return False, None
+        self.consecutive_skips += 1
+        if self.consecutive_skips <= self.max_skips:
+            return True, None
+        return True, (
+            f"non-finite {self._describe(bad)} in {self.consecutive_skips} consecutive updates "
+            f"after step {steps_done} (trainer.max_nonfinite_skips={self.max_skips})"
+        )
+
+    def check_due(self, logging_step: bool) -> bool:
+        return self.record.settle_due(logging_step)
+
+    def check(self, step: int, parameters: bool = False) -> str | None:
+        """Settle the updates watched since the last check: what went wrong first (a non-finite
+        loss or gradient), or None. With `parameters`, then also the weights after `step`, which
+        a gradient no norm was taken of can have made non-finite."""
+        bad = self._settle()
+        if bad is not None:
+            return f"non-finite {self._describe(bad)} at step {bad.step}"
+        if parameters and self.policy != "off":
+            name = self._non_finite_parameter()
+            if name is not None:
+                return f"non-finite parameter '{name}' after step {step}"
+        return None
+
+    def _settle(self) -> NonFinite | None:
+        """Fold the watched updates' losses into best_loss (up to the first non-finite one) and
+        return that one, if any."""
+        settled = self.record.settle()
+        if settled.lowest_loss is not None:
+            self.best_loss = torch.minimum(self.best_loss, settled.lowest_loss)
+        return settled.first_non_finite
+
+    def _non_finite_parameter(self) -> str | None:
+        """The first parameter holding a NaN or an infinity (one transfer)."""
+        finite = torch.stack([torch.isfinite(p).all() for _, p in self.named_parameters])
+        for (name, _), ok in zip(self.named_parameters, finite.tolist(), strict=True):
+            if not ok:
+                return name
+        return None
+
+    def _describe(self, bad: NonFinite) -> str:
+        """'loss', or the gradient and the parameter it belongs to. That parameter's gradient
+        is non-finite now (before the update), or, once updated with it, its values are."""
+        if bad.what == "loss":
+            return "loss"
+        for name, p in self.named_parameters:
+            if not bool(torch.isfinite(p).all()) or (
+                p.grad is not None and not bool(torch.isfinite(p.grad).all())
+            ):
+                return f"gradient of parameter '{name}'"
+        return "gradient"

@@ -1,7 +1,8 @@
 """Loss functions, each an `nn.Module` called as `loss_fn(prediction, target)`.
 
-Objective losses (quadratic, Rosenbrock) are functions of the model's parameter vector alone and
-take no target; they also know their analytic gradient, so autograd can be checked against it.
+Losses of the parameters alone (quadratic, Rosenbrock) are functions of the model's parameter
+vector and take no target; they also know their analytic gradient, so autograd can be checked
+against it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
 
 @runtime_checkable
-class ObjectiveLoss(Protocol):
+class ParameterLoss(Protocol):
     """A loss of the parameter vector alone, with a known start, gradient and minimum."""
 
     standard_start: ClassVar[tuple[float, ...]]
@@ -45,9 +46,7 @@ class QuadraticLoss(nn.Module):
         self.offset = offset
 
     def forward(self, x: Tensor, target: None = None) -> Tensor:
-        # x.square() is x**2 (the same pow kernel, PowBackward0 in the graph) without the
-        # Python-level operator wrapper, a microsecond a step that the 5-element case notices.
-        elementwise = x.square() - self.offset
+        elementwise = x**2 - self.offset
         if self.reduction == "sum":
             return elementwise.sum()
         if self.reduction == "mean":

@@ -1,87 +1,21 @@
-"""Optimizers: the lecture's hand-written update, and torch.optim behind the same interface."""
+"""Optimizers: the lecture's hand-written update, and torch.optim behind the same interface.
+
+`ManualSGD` is the lecture's `with torch.no_grad(): p -= lr * p.grad`, then `p.grad.zero_()`.
+The others are torch's own classes, registered by name (see `unprofiled.py` for why they are
+subclassed).
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from gradtrain.registry import Registry
+from gradtrain.unprofiled import Unprofiled, bare_step
 
 OPTIMIZERS: Registry[type[torch.optim.Optimizer]] = Registry("optimizer")
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _unwrapped(method: F) -> F:
-    """The function a decorator built with `functools.wraps` wraps, or `method` itself."""
-    return getattr(method, "__wrapped__", method)
-
-
-class Unprofiled:
-    """Mixin for `torch.optim.Optimizer` subclasses: the same arithmetic, minus torch's
-    bookkeeping around it when nothing uses that bookkeeping.
-
-    torch wraps every optimizer's `step` in a profiler range (with the step hooks), and
-    `zero_grad` opens another; each range costs about 15 µs per call on a CPU even when no
-    profiler records: a tenth of a small model's step. Here both run torch's own code whenever
-    something watches (a profiler records, or a step hook is registered), the bare code
-    otherwise.
-
-    torch also wraps `add_param_group`, `state_dict`, `load_state_dict` and `zero_grad` in
-    `torch._disable_dynamo`, which imports torch._dynamo (about a second of start-up) at the
-    first call. The wrapper only matters under torch.compile, which gradtrain does not use, so
-    these run torch's unwrapped code. (A torch whose methods are not wrapped this way gives them
-    unchanged.)
-    """
-
-    param_groups: list[dict[str, Any]]
-    add_param_group = _unwrapped(torch.optim.Optimizer.add_param_group)
-    state_dict = _unwrapped(torch.optim.Optimizer.state_dict)
-    load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
-
-    @staticmethod
-    def profile_hook_step(func: F) -> F:
-        """torch.optim.Optimizer wraps `step` in this when the first instance is made."""
-        watched_step = torch.optim.Optimizer.profile_hook_step(func)
-
-        @functools.wraps(func)
-        def step(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-            if _step_is_watched(self):
-                return watched_step(self, *args, **kwargs)
-            return func(self, *args, **kwargs)
-
-        return cast(F, step)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """`torch.optim.Optimizer.zero_grad`: `.grad = None` (default), or zeros in place."""
-        optimizer = cast(torch.optim.Optimizer, self)
-        if _step_is_watched(optimizer):
-            torch.optim.Optimizer.zero_grad(optimizer, set_to_none)  # with its profiler range
-            return
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                    continue
-                if p.grad.grad_fn is not None:
-                    p.grad.detach_()
-                else:
-                    p.grad.requires_grad_(False)
-                p.grad.zero_()
-
-
-def _bare_step(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., Any]:
-    """`optimizer_class.step` without torch's profiler wrapper, which torch puts on the class
-    when its first instance is made (the subclass gets its own wrapper, `Unprofiled`'s)."""
-    step = optimizer_class.step
-    return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
 
 
 @OPTIMIZERS.register("manual_sgd")
@@ -90,15 +24,13 @@ class ManualSGD(Unprofiled, torch.optim.Optimizer):
 
     The update runs under `torch.no_grad()`: it must not become part of the graph, so each
     parameter stays a leaf with no `grad_fn` and no history. Gradients are then zeroed in place,
-    because `backward()` accumulates into `.grad` rather than overwriting it. (The update is
-    written `p.add_(p.grad, alpha=-lr)`: the same arithmetic in one kernel, without the
-    temporary `lr * p.grad`, which costs a tenth of a 5-element step.)
+    because `backward()` adds into `.grad` rather than overwriting it.
 
     With `momentum` > 0 each parameter keeps a velocity `v = momentum * v + grad` (starting at
     the first gradient) and steps `p -= lr * v`: `torch.optim.SGD`'s heavy-ball rule, spelled out.
 
     Subclassing `torch.optim.Optimizer` gives it `param_groups` (so LR schedulers work) and
-    `state_dict`; the arithmetic, and the lecture's in-place `zero_grad`, are all here.
+    `state_dict`; `Unprofiled` only drops torch's profiler ranges around `step` (see there).
     """
 
     def __init__(self, params: Iterable[Tensor], lr: float = 0.1, momentum: float = 0.0) -> None:
@@ -113,14 +45,15 @@ class ManualSGD(Unprofiled, torch.optim.Optimizer):
                     if p.grad is None:
                         continue
                     if momentum == 0:
-                        p.add_(p.grad, alpha=-lr)  # p -= lr * p.grad, in one kernel
+                        p -= lr * p.grad
                         continue
                     state = self.state[p]
                     if "velocity" not in state:
-                        state["velocity"] = p.grad.clone()
+                        v = p.grad.clone()  # the first step's velocity is its gradient
                     else:
-                        state["velocity"].mul_(momentum).add_(p.grad)
-                    p.add_(state["velocity"], alpha=-lr)
+                        v = momentum * state["velocity"] + p.grad
+                    state["velocity"] = v
+                    p -= lr * v
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -131,41 +64,31 @@ class ManualSGD(Unprofiled, torch.optim.Optimizer):
                     p.grad.zero_()
 
 
-def _step_is_watched(optimizer: torch.optim.Optimizer) -> bool:
-    return bool(
-        torch._C._autograd._profiler_enabled()
-        or optimizer._optimizer_step_pre_hooks
-        or optimizer._optimizer_step_post_hooks
-        or _global_optimizer_pre_hooks
-        or _global_optimizer_post_hooks
-    )
-
-
 @OPTIMIZERS.register("sgd")
 class SGD(Unprofiled, torch.optim.SGD):
     __doc__ = torch.optim.SGD.__doc__
-    step = _bare_step(torch.optim.SGD)
+    step = bare_step(torch.optim.SGD)
 
 
 @OPTIMIZERS.register("adam")
 class Adam(Unprofiled, torch.optim.Adam):
     __doc__ = torch.optim.Adam.__doc__
-    step = _bare_step(torch.optim.Adam)
+    step = bare_step(torch.optim.Adam)
 
 
 @OPTIMIZERS.register("adamw")
 class AdamW(Unprofiled, torch.optim.AdamW):
     __doc__ = torch.optim.AdamW.__doc__
-    step = _bare_step(torch.optim.AdamW)
+    step = bare_step(torch.optim.AdamW)
 
 
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(Unprofiled, torch.optim.RMSprop):
     __doc__ = torch.optim.RMSprop.__doc__
-    step = _bare_step(torch.optim.RMSprop)
+    step = bare_step(torch.optim.RMSprop)
 
 
 @OPTIMIZERS.register("lbfgs")
 class LBFGS(Unprofiled, torch.optim.LBFGS):
     __doc__ = torch.optim.LBFGS.__doc__
-    step = _bare_step(torch.optim.LBFGS)
+    step = bare_step(torch.optim.LBFGS)

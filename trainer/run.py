@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from gradtrain.build import build_sink, build_trainer, resolve_device
+from gradtrain.build import build, build_sink, build_trainer, resolve_device
 from gradtrain.checkpoint import (
     LAST,
     CheckpointError,
     CheckpointWriter,
-    RankZeroWrites,
+    NullCheckpointWriter,
     load_checkpoint,
 )
 from gradtrain.config import Config, validate_config
@@ -87,12 +87,12 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
     # Every rank loads the checkpoint itself (on several nodes: from a shared file system).
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     seed_everything(cfg.seed)
-    checkpointer: CheckpointWriter | RankZeroWrites | None = None
+    checkpointer: CheckpointWriter | NullCheckpointWriter | None = None
     if cfg.trainer.save_checkpoints:
         checkpointer = (
             CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
             if main
-            else RankZeroWrites()
+            else NullCheckpointWriter()
         )
     resumed_step = checkpoint["step"] if checkpoint is not None else None
     # Steps after the checkpoint's are redone; TensorBoard drops what the killed session logged
@@ -111,7 +111,16 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
         else stop
     )
     try:
-        trainer = build_trainer(cfg, sink, checkpointer=checkpointer, stop_request=stop_request)
+        parts = build(cfg, sink)
+        figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
+        trainer = build_trainer(
+            cfg,
+            sink,
+            checkpointer=checkpointer,
+            stop_request=stop_request,
+            trajectory=figures.trajectory if figures is not None else None,
+            components=parts,
+        )
         if checkpoint is not None:
             trainer.load_state_dict(checkpoint)
             log.info("Resuming from %s at step %d.", resume_from, resumed_step)
@@ -120,9 +129,6 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
         # The explanation describes a run's start, so a resumed run does not repeat it.
         explained = cfg.explain and checkpoint is None and main
         gradient_check = _explain(trainer, sink, run_dir) if explained else None
-        figures = TrajectoryFigures.for_run(cfg, trainer, sink) if main else None
-        if figures is not None:
-            trainer.trajectory = figures.trajectory
         try:
             with stop:
                 result = trainer.fit()

@@ -107,7 +107,7 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     result = second.fit()
     assert result.stop_reason != "interrupted"
     assert_same_state(straight, second)
-    assert second.state.best_loss == straight.state.best_loss
+    assert second.guard.best_loss == straight.guard.best_loss
 
 
 def test_checkpoint_holds_what_exact_resume_needs(composed: Compose, tmp_path: Path) -> None:

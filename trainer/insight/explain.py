@@ -22,11 +22,10 @@ from gradtrain.insight.gradient_check import (
     AnalyticGradient,
     GradientCheck,
     check_gradients,
-    compute_loss,
-    objective,
 )
-from gradtrain.losses import ObjectiveLoss
+from gradtrain.losses import ParameterLoss
 from gradtrain.models import VectorModel
+from gradtrain.step import backward, forward, summed
 
 # A Jacobian is printed when it has at most this many entries.
 MAX_JACOBIAN_ENTRIES = 100
@@ -94,9 +93,9 @@ class Accumulation:
 @dataclass(frozen=True)
 class ExplainReport:
     loss: TensorFacts
-    loss_value: float  # the objective: the loss, or its sum when it is a vector
+    loss_value: float  # the loss, or its sum when it is a vector
     leaves: list[TensorFacts]  # the trainable parameters
-    data: list[TensorFacts]  # the batch's tensors (none for an objective of the parameters)
+    data: list[TensorFacts]  # the batch's tensors (none for a loss of the parameters alone)
     graph: BackwardGraph
     vjp: VectorJacobianProduct | None  # for a non-scalar loss
     gradient_check: GradientCheck
@@ -114,9 +113,9 @@ def explain(model: nn.Module, loss_fn: nn.Module, batch: Any, lr: float = 0.1) -
 
     Args:
         model: the model to be trained (left unchanged).
-        loss_fn: the loss; an `ObjectiveLoss` of a `VectorModel` also supplies the analytic
+        loss_fn: the loss; an `ParameterLoss` of a `VectorModel` also supplies the analytic
             gradient the check compares autograd with.
-        batch: `(inputs, targets)` on the model's device, or None for an objective of the
+        batch: `(inputs, targets)` on the model's device, or None for a loss of the
             parameters alone.
         lr: the step size of the demonstrated update.
     """
@@ -170,16 +169,16 @@ def _explain(
     check = check_gradients(model, loss_fn, batch, analytic, analytic_name=analytic_name)
 
     # Forward: every operation on a tensor that requires grad records a node of the graph.
-    loss = compute_loss(model, loss_fn, batch)
+    loss = forward(model, loss_fn, batch)[0]
     leaves = [TensorFacts.of(name, p) for name, p in named]
     graph = walk_backward_graph(loss, dict(named))
     vjp = _vector_jacobian_product(model, loss_fn, batch, loss, params) if loss.dim() else None
 
     # Backward, as the training loop does it; then once more without zeroing in between. A
     # parameter the loss does not use gets no gradient at all (.grad stays None).
-    _backward(loss)
+    backward(loss)
     after_one = {i: p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None}
-    _backward(compute_loss(model, loss_fn, batch))
+    backward(forward(model, loss_fn, batch)[0])
     after_two = {i: p.grad.detach().clone() for i, p in enumerate(params) if p.grad is not None}
     if not after_one:
         raise ValueError("backward reached none of the model's parameters")
@@ -196,7 +195,7 @@ def _explain(
 
     return ExplainReport(
         loss=TensorFacts.of("loss", loss),
-        loss_value=objective(loss).item(),
+        loss_value=summed(loss).item(),
         leaves=leaves,
         data=_data_facts(batch),
         graph=graph,
@@ -210,18 +209,11 @@ def _explain(
 
 
 def _analytic_gradient(model: nn.Module, loss_fn: nn.Module, batch: Any) -> AnalyticGradient | None:
-    # An objective loss knows its derivative with respect to its input, which is the parameter
-    # itself only for a vector model (the model is its own prediction).
-    if batch is None and isinstance(loss_fn, ObjectiveLoss) and isinstance(model, VectorModel):
+    # A loss of the parameters alone knows its derivative with respect to its input, which is
+    # the parameter itself only for a vector model (the model is its own prediction).
+    if batch is None and isinstance(loss_fn, ParameterLoss) and isinstance(model, VectorModel):
         return loss_fn.analytic_gradient
     return None
-
-
-def _backward(loss: Tensor) -> None:
-    if loss.dim() == 0:
-        loss.backward()
-    else:
-        loss.backward(gradient=torch.ones_like(loss))
 
 
 def _vector_jacobian_product(
@@ -238,13 +230,13 @@ def _vector_jacobian_product(
         jacobian = rows
     ones = torch.ones_like(loss)
     product = _flat(torch.autograd.grad(loss, params, grad_outputs=ones, retain_graph=True), params)
-    summed = _flat(torch.autograd.grad(compute_loss(model, loss_fn, batch).sum(), params), params)
+    of_sum = _flat(torch.autograd.grad(forward(model, loss_fn, batch)[0].sum(), params), params)
     return VectorJacobianProduct(
         loss_shape=tuple(loss.shape),
         jacobian=jacobian,
         product=_shown(product),
         size=product.numel(),
-        max_diff_from_sum=(product - summed).abs().max().item(),
+        max_diff_from_sum=(product - of_sum).abs().max().item(),
     )
 
 
@@ -288,7 +280,7 @@ def _detach_vs_no_grad(
     ]
     with torch.no_grad():
         squared = p**2
-        loss = compute_loss(model, loss_fn, batch)
+        loss = forward(model, loss_fn, batch)[0]
     facts += [
         TensorFacts.of(f"with torch.no_grad(): {x} ** 2", squared, p),
         TensorFacts.of("with torch.no_grad(): loss", loss),

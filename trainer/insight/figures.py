@@ -19,22 +19,22 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from gradtrain.insight.gradient_check import objective
 from gradtrain.insight.trajectory import (
     MAX_PARAMETERS,
     TRAJECTORY_FILE,
     Trajectory,
     save_trajectory,
 )
-from gradtrain.losses import ObjectiveLoss
+from gradtrain.losses import ParameterLoss
 from gradtrain.metrics.sinks import MetricSink
 from gradtrain.models import VectorModel
+from gradtrain.step import summed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from gradtrain.build import Components
     from gradtrain.config import Config
-    from gradtrain.loop import Trainer
 
 log = logging.getLogger("gradtrain")
 
@@ -51,13 +51,13 @@ def matplotlib_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def objective_landscape(loss_fn: nn.Module) -> Landscape:
+def loss_landscape(loss_fn: nn.Module) -> Landscape:
     """The loss (summed, if a vector) as a function of the parameter vector, vectorised."""
     loss64 = copy.deepcopy(loss_fn).to("cpu", torch.float64)
 
     def landscape(points: Tensor) -> Tensor:
         with torch.no_grad():
-            return torch.vmap(lambda x: objective(loss64(x)))(points.to(torch.float64))
+            return torch.vmap(lambda x: summed(loss64(x)))(points.to(torch.float64))
 
     return landscape
 
@@ -89,12 +89,12 @@ class TrajectoryFigures:
         self._last_drawn: int | None = None
 
     @classmethod
-    def for_run(cls, cfg: Config, trainer: Trainer, sink: MetricSink) -> TrajectoryFigures | None:
+    def for_run(cls, cfg: Config, parts: Components, sink: MetricSink) -> TrajectoryFigures | None:
         """The figures `cfg` asks for, or None (saying why, when figures were asked for)."""
         logger = cfg.logger
         if logger.name != "tensorboard" or not logger.figures:
             return None
-        n_parameters = sum(p.numel() for _, p in trainer.named_parameters)
+        n_parameters = sum(p.numel() for p in parts.module.parameters() if p.requires_grad)
         if n_parameters > MAX_PARAMETERS:
             log.warning(
                 f"figures skipped: the model has {n_parameters} parameters; paths are recorded "
@@ -105,12 +105,15 @@ class TrajectoryFigures:
         if not draw:
             log.warning(MATPLOTLIB_MISSING)
         landscape, minimizer = None, None
-        if trainer.train_loader is None and isinstance(trainer.module, VectorModel):
-            landscape = objective_landscape(trainer.loss_fn)
-            if isinstance(trainer.loss_fn, ObjectiveLoss):
-                minimizer = trainer.loss_fn.minimum(n_parameters)[1]
+        if parts.data.train_loader is None and isinstance(parts.module, VectorModel):
+            landscape = loss_landscape(parts.loss_fn)
+            if isinstance(parts.loss_fn, ParameterLoss):
+                minimizer = parts.loss_fn.minimum(n_parameters)[1]
         title = f"{cfg.loss.name}, {cfg.optimizer.name} (lr {cfg.optimizer.lr:g})"
-        problem = {"loss": cfg.loss.model_dump(mode="json"), "objective": landscape is not None}
+        problem = {
+            "loss": cfg.loss.model_dump(mode="json"),
+            "parameter_loss": landscape is not None,
+        }
         return cls(sink, title, landscape, minimizer, logger.figure_every_n_steps, draw, problem)
 
     def _on_record(self, trajectory: Trajectory, step: int) -> None:
@@ -334,7 +337,7 @@ SWEEP_FIGURE = "trajectories.png"
 
 def draw_sweep_comparison(sweep_dir: Path) -> Path | None:
     """Every job's `trajectory.json` under `sweep_dir`, drawn on one figure: on the loss
-    landscape when all jobs minimized the same objective of 1 or 2 parameters, else on shared
+    landscape when all jobs minimized the same loss of 1 or 2 parameters alone, else on shared
     principal directions. Returns the figure's path, or None (saying why) when there is none."""
     from gradtrain.files import write_atomic
     from gradtrain.insight.trajectory import load_trajectory
@@ -354,10 +357,10 @@ def draw_sweep_comparison(sweep_dir: Path) -> Path | None:
     labels = _job_labels([file.parent for file in files])
     paths = [(label, steps, points) for label, (_, steps, points) in zip(labels, runs, strict=True)]
     landscape, minimizer, title = None, None, "parameter paths of the sweep"
-    if all(problem == problems[0] for problem in problems) and problems[0].get("objective"):
+    if all(problem == problems[0] for problem in problems) and problems[0].get("parameter_loss"):
         loss_fn = build_loss_from_dict(problems[0]["loss"])
-        landscape = objective_landscape(loss_fn)
-        if isinstance(loss_fn, ObjectiveLoss):
+        landscape = loss_landscape(loss_fn)
+        if isinstance(loss_fn, ParameterLoss):
             minimizer = loss_fn.minimum(dims.pop())[1]
         title = f"{problems[0]['loss']['name']}: one path per job"
     png = comparison_png(paths, landscape, minimizer, title)

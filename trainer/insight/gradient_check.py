@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradtrain.step import forward, summed
+
 AnalyticGradient = Callable[[Tensor], Tensor]
 
 # torch.autograd.gradcheck's defaults: central differences with step 1e-6 in float64, and a
@@ -25,20 +27,6 @@ ATOL = 1e-5
 RTOL = 1e-3
 # Each checked coordinate costs two forward passes; a big model is checked on a seeded sample.
 MAX_COORDINATES = 64
-
-
-def compute_loss(model: nn.Module, loss_fn: nn.Module, batch: Any) -> Tensor:
-    """The training step's forward: `loss_fn(model())` without data, else on one batch."""
-    if batch is None:
-        return loss_fn(model())
-    inputs, targets = batch
-    return loss_fn(model(inputs), targets)
-
-
-def objective(loss: Tensor) -> Tensor:
-    """The scalar whose gradient backward computes: a vector loss's backward with a vector of
-    ones is the gradient of its sum."""
-    return loss if loss.dim() == 0 else loss.sum()
 
 
 @dataclass(frozen=True)
@@ -117,7 +105,8 @@ def check_gradients(
     params = [p for _, p in named]
 
     def evaluate() -> Tensor:
-        return objective(compute_loss(model64, loss64, batch64))
+        # The training step's own forward (step.forward), in float64.
+        return summed(forward(model64, loss64, batch64)[0])
 
     # A parameter the loss does not use has gradient 0 (as finite differences will agree).
     gradients = torch.autograd.grad(evaluate(), params, materialize_grads=True)

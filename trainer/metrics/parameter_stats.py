@@ -1,6 +1,6 @@
-"""Optional views of the parameters, off by default: histograms of parameters and gradients every
-`logger.histogram_every_n_steps` steps, and the update-to-weight ratio per parameter at logging
-steps (`logger.update_ratio`).
+"""Optional statistics of the parameters, off by default: histograms of parameters and gradients
+every `logger.histogram_every_n_steps` steps, and the update-to-weight ratio per parameter at
+logging steps (`logger.update_ratio`).
 
 Both read the device only at their own steps, where the loop already synchronises to log; at
 every other step they cost one integer comparison.
@@ -21,7 +21,7 @@ class HistogramSink(Protocol):
     def log_histogram(self, tag: str, values: Tensor, step: int) -> None: ...
 
 
-class ParameterViews:
+class ParameterStats:
     """Called around the optimizer's update: `before_update`, `optimizer.step()`, `after_update`.
 
     Args:

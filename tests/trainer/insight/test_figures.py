@@ -19,7 +19,7 @@ from conftest import TrainResult
 from gradtrain.insight.figures import (
     FIGURE_TAG,
     draw_sweep_comparison,
-    objective_landscape,
+    loss_landscape,
     principal_projection,
     trajectory_png,
 )
@@ -149,15 +149,15 @@ def test_principal_projection_of_a_straight_path_has_one_direction() -> None:
 
 def test_landscape_evaluates_the_loss_at_many_points_at_once() -> None:
     points = torch.tensor([[1.0, 1.0], [-1.5, 2.0], [0.0, 0.0]], dtype=torch.float64)
-    assert objective_landscape(RosenbrockLoss())(points).tolist() == [0.0, 12.5, 1.0]
-    vector = objective_landscape(QuadraticLoss(reduction="none"))
+    assert loss_landscape(RosenbrockLoss())(points).tolist() == [0.0, 12.5, 1.0]
+    vector = loss_landscape(QuadraticLoss(reduction="none"))
     assert vector(torch.tensor([[0.0, 1.0]])).tolist() == [-9.0]  # summed: (0 - 5) + (1 - 5)
 
 
 def test_diverged_paths_are_drawn_up_to_their_last_finite_point() -> None:
     points = torch.tensor([[-1.5, 2.0], [10.0, -30.0], [float("inf"), float("nan")]])
     png = trajectory_png(
-        [0, 10, 20], points.double(), objective_landscape(RosenbrockLoss()), [1.0, 1.0], "t"
+        [0, 10, 20], points.double(), loss_landscape(RosenbrockLoss()), [1.0, 1.0], "t"
     )
     assert decode(png) == (640, 480)
 
@@ -173,7 +173,7 @@ def test_tensorboard_sink_stores_the_png_as_it_is(tmp_path: Path) -> None:
 
 
 def test_sweep_figure_labels_jobs_by_what_sets_them_apart(tmp_path: Path) -> None:
-    problem = {"loss": {"name": "rosenbrock", "a": 1.0, "b": 100.0}, "objective": True}
+    problem = {"loss": {"name": "rosenbrock", "a": 1.0, "b": 100.0}, "parameter_loss": True}
     for number, optimizer in enumerate(["sgd", "adam"]):
         job = tmp_path / f"{number}_optimizer={optimizer}"
         (job / ".hydra").mkdir(parents=True)

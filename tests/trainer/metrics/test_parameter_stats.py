@@ -1,5 +1,5 @@
-"""Optional views (histograms, update-to-weight ratios): off by default, at their steps when on,
-read back from the real event files."""
+"""Optional parameter statistics (histograms, update-to-weight ratios): off by default, at their
+steps when on, read back from the real event files."""
 
 from __future__ import annotations
 

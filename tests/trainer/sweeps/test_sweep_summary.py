@@ -40,9 +40,7 @@ def completed(**values: Any) -> dict[str, Any]:
 def test_rows_are_sorted_by_objective_and_failures_come_last(tmp_path: Path) -> None:
     make_job(tmp_path, 0, ["a=0"], {"status": "failed", "error": "boom", "steps": 3})
     make_job(tmp_path, 1, ["a=1"], completed(final_loss=2.0, best_loss=1.0, monitor="final_loss"))
-    make_job(
-        tmp_path, 2, ["a=2"], completed(final_loss=-1.0, best_loss=-1.0, monitor="final_loss")
-    )
+    make_job(tmp_path, 2, ["a=2"], completed(final_loss=-1.0, best_loss=-1.0, monitor="final_loss"))
     make_job(tmp_path, 3, ["a=3"])  # stopped before writing summary.json
     rows = collect_rows(tmp_path)
     assert [row.job for row in rows] == ["2_a=2", "1_a=1", "0_a=0", "3_a=3"]
