@@ -143,17 +143,13 @@ class NonFiniteGuard:
         self.named_parameters = named_parameters
         self.max_skips = max_skips
         self.record = UpdateRecord(check_finite=policy != "off")
+        # watch(step, loss, grad_norm): remember an update's loss and global gradient norm (if
+        # taken) for the next check. (The record's own method: no extra call per step.)
+        self.watch = self.record.record
+        # Under `skip` the gradients are looked at (their norm) and settled before each update.
+        self.decides_before_each_update = policy == "skip"
         self.best_loss = torch.tensor(math.inf, device=device)  # of the settled updates
         self.consecutive_skips = 0
-
-    @property
-    def decides_before_each_update(self) -> bool:
-        """Under `skip` the gradients are looked at (their norm) and settled before each update."""
-        return self.policy == "skip"
-
-    def watch(self, step: int, loss: Tensor, grad_norm: Tensor | None) -> None:
-        """Remember update `step`'s loss and global gradient norm (if taken) for the next check."""
-        self.record.record(step, loss, grad_norm)
 
     def skip_update(self, steps_done: int) -> tuple[bool, str | None]:
         """Under `skip`: whether the update just watched must be dropped (a host sync), and, when

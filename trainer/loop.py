@@ -65,7 +65,7 @@ class TrainState:
     last_checkpoint_step: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StepOutput:
     """What one update leaves for the bookkeeping: device tensors, read only when logged."""
 
@@ -173,6 +173,10 @@ class Trainer:
             settings.on_nonfinite, self.named_parameters, settings.max_nonfinite_skips, device
         )
         self._grad_norm_tags = {n: f"train/grad_norm/{n}" for n, _ in self.named_parameters}
+        # Clipping, and the guard under `skip`, need the gradient norms of every update.
+        self._norms_every_step = (
+            settings.grad_clip is not None or self.guard.decides_before_each_update
+        )
         self._world_size = process_count()  # processes training together (torchrun), or 1
         self._stop_reason: StopReason | None = None
         self._message: str | None = None
@@ -184,23 +188,18 @@ class Trainer:
         """One update from `batches` (one batch, or an accumulation window of them): forward,
         backward, clip, update, zero_grad, scheduler. Returns the loss and gradient norms, or
         None when the non-finite guard (trainer.on_nonfinite=skip) dropped the update."""
-        settings = self.settings
         loss = self._forward_backward(batches)  # every .grad now holds d loss / d parameter
         # Gradient norms, where they are logged, clipped by, or checked before the update.
         grad_norms: dict[str, Tensor] = {}
         grad_norm = None
-        if log_now or settings.grad_clip is not None or self.guard.decides_before_each_update:
+        if log_now or self._norms_every_step:
             grad_norms = self._gradient_norms()
             grad_norm = _global_norm(grad_norms)
         self.guard.watch(self.state.step + 1, loss, grad_norm)
-        skip, why = self.guard.skip_update(self.state.step)
-        if skip:
-            self.optimizer.zero_grad()
-            if why is not None:
-                self._diverged(why)
+        if self.guard.decides_before_each_update and self._skip_update():
             return None
-        if settings.grad_clip is not None and grad_norm is not None:
-            torch.nn.utils.clip_grads_with_norm_(self.params, settings.grad_clip, grad_norm)
+        if self.settings.grad_clip is not None and grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.settings.grad_clip, grad_norm)
         if self.parameter_stats is not None:
             self.parameter_stats.before_update(self.state.step + 1, log_now)
         # The update, under torch.no_grad() inside the optimizer (ManualSGD: p -= lr * p.grad).
@@ -215,6 +214,16 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         return StepOutput(loss, grad_norm, grad_norms)
+
+    def _skip_update(self) -> bool:
+        """trainer.on_nonfinite=skip: drop this update if the guard finds it non-finite (and
+        stop the run when too many were dropped in a row)."""
+        skip, why = self.guard.skip_update(self.state.step)
+        if skip:
+            self.optimizer.zero_grad()
+            if why is not None:
+                self._diverged(why)
+        return skip
 
     def _forward_backward(self, batches: list[Any]) -> Tensor:
         """Forward and backward of each batch; `.grad` adds their gradients up. Returns the loss
