@@ -69,6 +69,19 @@ def test_tuning_gives_rosenbrock_a_stable_step_size(
     assert mine.optimizer.lr == 0.001  # the command line wins over tuning
 
 
+@pytest.mark.parametrize("optimizer", ["manual_sgd", "sgd"])
+def test_gradient_descent_on_rosenbrock_gets_the_small_step_and_long_budget(
+    composed: Callable[..., dict[str, Any]], optimizer: str
+) -> None:
+    cfg = validate_config(composed("loss=rosenbrock", f"optimizer={optimizer}"))
+    assert cfg.optimizer.name == optimizer
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (0.0019, 10000)
+    mine = validate_config(
+        composed("loss=rosenbrock", f"optimizer={optimizer}", "optimizer.lr=0.001")
+    )
+    assert (mine.optimizer.lr, mine.trainer.max_steps) == (0.001, 10000)
+
+
 def test_experiment_then_group_override_switches_the_optimizer(
     composed: Callable[..., dict[str, Any]],
 ) -> None:
