@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gradtrain.config import Config, validate_config
+from gradtrain.config import Config, TensorBoardLoggerConfig, validate_config
 from gradtrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -90,6 +90,27 @@ def test_experiment_then_group_override_switches_the_optimizer(
     )
     assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == 0.01
     assert cfg.dataset.name == "regression" and cfg.model.name == "linear"
+
+
+@pytest.mark.parametrize("experiment", [None, *options("experiment")])
+def test_debug_fast_caps_every_experiment_at_a_few_steps_without_checkpoints_or_figures(
+    composed: Callable[..., dict[str, Any]], experiment: str | None
+) -> None:
+    # debug first on the command line: the defaults list, not the command line, orders groups.
+    chosen = [] if experiment is None else [f"experiment={experiment}"]
+    cfg = validate_config(
+        composed("debug=fast", *chosen, *PARTNERS.get(("experiment", experiment), []))
+    )
+    assert cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= 10
+    assert not cfg.trainer.save_checkpoints and not cfg.trainer.progress_bar
+    assert isinstance(cfg.logger, TensorBoardLoggerConfig) and not cfg.logger.figures
+
+
+def test_debug_fast_without_a_logger_drops_the_figures_key(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    cfg = validate_config(composed("debug=fast", "logger=none", "~logger.figures"))
+    assert cfg.logger.name == "none" and cfg.trainer.max_steps is not None
 
 
 def problems_for(raw: dict[str, Any]) -> list[str]:
