@@ -7,7 +7,7 @@ models, reporting every problem at once. After that, code sees typed objects onl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -393,6 +393,14 @@ class Config(StrictModel):
         return self
 
 
+def section_options(section: str) -> dict[str, type[StrictModel]]:
+    """The models a config group can choose, by `name`: `optimizer` -> {"sgd": SGDConfig, ...}."""
+    return {
+        get_args(option.model_fields["name"].annotation)[0]: option
+        for option in get_args(Config.model_fields[section].annotation)
+    }
+
+
 def compatibility_problems(cfg: Config) -> list[str]:
     """Combinations that would fail at the first step, said before anything is built.
     (Facts known only once the data is read, like a CSV's classes, are checked at build time.)"""
@@ -496,10 +504,7 @@ def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:
     if section in _UNION_SECTIONS:
         chosen = raw.get(section)
         name = chosen.get("name") if isinstance(chosen, Mapping) else None
-        annotation = Config.model_fields[section].annotation
-        for option in getattr(annotation, "__args__", ()):
-            if option.model_fields["name"].annotation.__args__ == (name,):
-                model = option
+        model = section_options(section).get(name) if isinstance(name, str) else None
     elif section == "trainer":
         model = TrainerConfig
     if model is None:
