@@ -180,6 +180,37 @@ def test_every_problem_is_reported_at_once(composed: Callable[..., dict[str, Any
     assert keys == ["optimizer.lr", "trainer.log_every_n_steps", "trainer.max_steps"]
 
 
+def test_field_and_cross_group_problems_are_reported_together(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(composed("optimizer.lr=-1", "loss=mse"))
+    assert caught.value.problems == [
+        "optimizer.lr: Input should be greater than 0 (got -1)",
+        "loss=mse compares predictions with targets, but dataset=none has no data; "
+        "use experiment=linear_regression, or dataset=regression model=linear",
+    ]
+    assert str(caught.value).startswith("Invalid configuration (2 problems):\n  - optimizer.lr")
+
+
+def test_each_cross_group_problem_is_its_own_line(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(composed("loss=mse", "model=linear"))
+    assert len(problems) == 2
+    assert problems[0].startswith("loss=mse compares predictions")
+    assert problems[1].startswith("model=linear needs inputs")
+
+
+def test_cross_group_checks_skip_a_section_that_failed(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    # With a valid dataset, loss=quadratic and model=vector would not fit it; what the dataset
+    # is meant to be is unknown until its own problem is fixed, so only that is reported.
+    problems = problems_for(composed("dataset=regression", "dataset.batch_size=0"))
+    assert problems == ["dataset.batch_size: Input should be greater than 0 (got 0)"]
+
+
 def test_unknown_component_name_lists_the_allowed_ones(
     composed: Callable[..., dict[str, Any]],
 ) -> None:
