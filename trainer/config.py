@@ -6,8 +6,10 @@ models, reporting every problem at once. After that, code sees typed objects onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     BaseModel,
@@ -17,6 +19,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -387,78 +390,136 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> Config:
-        problems = compatibility_problems(self)
+        problems = compatibility_problems(dict(self))
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
 
-def compatibility_problems(cfg: Config) -> list[str]:
-    """Combinations that would fail at the first step, said before anything is built.
-    (Facts known only once the data is read, like a CSV's classes, are checked at build time.)"""
+def section_options(section: str) -> dict[str, type[StrictModel]]:
+    """The models a config group can choose, by `name`: `optimizer` -> {"sgd": SGDConfig, ...}."""
+    return {
+        get_args(option.model_fields["name"].annotation)[0]: option
+        for option in get_args(Config.model_fields[section].annotation)
+    }
+
+
+# ------------------------------------------------------------------------------ cross-group checks
+# Combinations that would fail at the first step, said before anything is built. (Facts known
+# only once the data is read, like a CSV's classes, are checked at build time.) Each check's
+# parameters name the sections it reads, so it can run whenever those validated, whatever else
+# failed.
+def _loss_fits_data(loss: LossConfig, dataset: DatasetConfig) -> list[str]:
     problems = []
-    loss, model, dataset = cfg.loss.name, cfg.model.name, cfg.dataset.name
-    has_data = dataset != "none"
-    task = dataset_task(cfg.dataset)
-    if loss in LOSS_TASK and not has_data:
+    has_data, task = dataset.name != "none", dataset_task(dataset)
+    if loss.name in LOSS_TASK and not has_data:
         problems.append(
-            f"loss={loss} compares predictions with targets, but dataset=none has no data; "
+            f"loss={loss.name} compares predictions with targets, but dataset=none has no data; "
             "use experiment=linear_regression, or dataset=regression model=linear"
         )
-    if loss in LOSS_TASK and has_data and LOSS_TASK[loss] != task:
+    if loss.name in LOSS_TASK and has_data and LOSS_TASK[loss.name] != task:
         fitting = [name for name, kind in LOSS_TASK.items() if kind == task]
         problems.append(
-            f"loss={loss} is a {LOSS_TASK[loss]} loss, but dataset={dataset} is a {task} "
-            f"task; use loss={' or loss='.join(fitting)}"
+            f"loss={loss.name} is a {LOSS_TASK[loss.name]} loss, but dataset={dataset.name} is a "
+            f"{task} task; use loss={' or loss='.join(fitting)}"
         )
-    if loss in OBJECTIVE_LOSSES and has_data:
+    if loss.name in OBJECTIVE_LOSSES and has_data:
         problems.append(
-            f"loss={loss} is a function of the model's parameters and takes no data, but "
-            f"dataset={dataset}; use dataset=none model=vector (or experiment={loss})"
+            f"loss={loss.name} is a function of the model's parameters and takes no data, but "
+            f"dataset={dataset.name}; use dataset=none model=vector (or experiment={loss.name})"
         )
-    if model in DATA_FREE_MODELS and has_data:
+    return problems
+
+
+def _model_fits_data(model: ModelConfig, dataset: DatasetConfig) -> list[str]:
+    problems = []
+    has_data, task = dataset.name != "none", dataset_task(dataset)
+    if model.name in DATA_FREE_MODELS and has_data:
         problems.append(
-            f"model={model} takes no inputs, but dataset={dataset} feeds it batches; "
+            f"model={model.name} takes no inputs, but dataset={dataset.name} feeds it batches; "
             "use model=linear, logistic or mlp"
         )
-    if model not in DATA_FREE_MODELS and not has_data:
+    if model.name not in DATA_FREE_MODELS and not has_data:
         problems.append(
-            f"model={model} needs inputs, but dataset=none has none; use model=vector, "
+            f"model={model.name} needs inputs, but dataset=none has none; use model=vector, "
             "or a dataset (regression, classification, csv)"
         )
-    if model == "logistic" and has_data and task != "classification":
+    if model.name == "logistic" and has_data and task != "classification":
         problems.append(
-            f"model=logistic needs a classification dataset; dataset={dataset} is {task}"
+            f"model=logistic needs a classification dataset; dataset={dataset.name} is {task}"
         )
-    if isinstance(cfg.dataset, ClassificationDatasetConfig):
-        n_classes = cfg.dataset.n_classes
-        if loss == "bce_with_logits" and n_classes != 2:
-            problems.append(
-                f"loss=bce_with_logits is binary but dataset.n_classes={n_classes}; "
-                "use loss=cross_entropy"
-            )
-        out = getattr(cfg.model, "out_features", None)
-        expected = 1 if loss == "bce_with_logits" else n_classes
-        if out is not None and loss in LOSS_TASK and out != expected:
-            problems.append(
-                f"model.out_features={out} but loss={loss} on {n_classes} classes needs "
-                f"{expected}; set model.out_features=null to infer it"
-            )
-    if loss == "rosenbrock" and isinstance(cfg.model, VectorModelConfig):
-        size = len(cfg.model.init) if cfg.model.init is not None else cfg.model.size
+    return problems
+
+
+def _binary_loss_has_two_classes(loss: LossConfig, dataset: DatasetConfig) -> list[str]:
+    if not isinstance(dataset, ClassificationDatasetConfig):
+        return []
+    if loss.name == "bce_with_logits" and dataset.n_classes != 2:
+        return [
+            f"loss=bce_with_logits is binary but dataset.n_classes={dataset.n_classes}; "
+            "use loss=cross_entropy"
+        ]
+    return []
+
+
+def _outputs_fit_classes(loss: LossConfig, model: ModelConfig, dataset: DatasetConfig) -> list[str]:
+    if not isinstance(dataset, ClassificationDatasetConfig):
+        return []
+    n_classes = dataset.n_classes
+    out = getattr(model, "out_features", None)
+    expected = 1 if loss.name == "bce_with_logits" else n_classes
+    if out is not None and loss.name in LOSS_TASK and out != expected:
+        return [
+            f"model.out_features={out} but loss={loss.name} on {n_classes} classes needs "
+            f"{expected}; set model.out_features=null to infer it"
+        ]
+    return []
+
+
+def _rosenbrock_has_two_parameters(loss: LossConfig, model: ModelConfig) -> list[str]:
+    if loss.name == "rosenbrock" and isinstance(model, VectorModelConfig):
+        size = len(model.init) if model.init is not None else model.size
         if size is not None and size < 2:
-            problems.append("loss=rosenbrock needs at least 2 parameters (model.size >= 2)")
-    if cfg.optimizer.name == "lbfgs":
-        if has_data and getattr(cfg.dataset, "batch_size", None) is not None:
-            problems.append(
-                "optimizer=lbfgs is full-batch: set dataset.batch_size=null (the whole "
-                "training split in one batch)"
-            )
-        if cfg.trainer.accumulate_grad_batches != 1:
-            problems.append(
-                "optimizer=lbfgs re-evaluates the loss itself; set "
-                "trainer.accumulate_grad_batches=1"
-            )
+            return ["loss=rosenbrock needs at least 2 parameters (model.size >= 2)"]
+    return []
+
+
+def _lbfgs_gets_one_batch(optimizer: OptimizerConfig, dataset: DatasetConfig) -> list[str]:
+    if optimizer.name == "lbfgs" and getattr(dataset, "batch_size", None) is not None:
+        return [
+            "optimizer=lbfgs is full-batch: set dataset.batch_size=null (the whole "
+            "training split in one batch)"
+        ]
+    return []
+
+
+def _lbfgs_does_not_accumulate(optimizer: OptimizerConfig, trainer: TrainerConfig) -> list[str]:
+    if optimizer.name == "lbfgs" and trainer.accumulate_grad_batches != 1:
+        return [
+            "optimizer=lbfgs re-evaluates the loss itself; set trainer.accumulate_grad_batches=1"
+        ]
+    return []
+
+
+_CHECKS: tuple[Callable[..., list[str]], ...] = (
+    _loss_fits_data,
+    _model_fits_data,
+    _binary_loss_has_two_classes,
+    _outputs_fit_classes,
+    _rosenbrock_has_two_parameters,
+    _lbfgs_gets_one_batch,
+    _lbfgs_does_not_accumulate,
+)
+
+
+def compatibility_problems(sections: Mapping[str, object]) -> list[str]:
+    """The cross-group problems among `sections` (validated section models by key, as in
+    Config); a check that reads a section missing from `sections` is skipped."""
+    problems: list[str] = []
+    for check in _CHECKS:
+        reads = inspect.signature(check).parameters
+        if all(name in sections for name in reads):
+            problems += check(**{name: sections[name] for name in reads})
     return problems
 
 
@@ -496,10 +557,7 @@ def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:
     if section in _UNION_SECTIONS:
         chosen = raw.get(section)
         name = chosen.get("name") if isinstance(chosen, Mapping) else None
-        annotation = Config.model_fields[section].annotation
-        for option in getattr(annotation, "__args__", ()):
-            if option.model_fields["name"].annotation.__args__ == (name,):
-                model = option
+        model = section_options(section).get(name) if isinstance(name, str) else None
     elif section == "trainer":
         model = TrainerConfig
     if model is None:
@@ -509,9 +567,33 @@ def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:
 
 def validate_config(raw: Mapping[str, Any]) -> Config:
     """Validate a composed config (plain dicts and lists) or raise one ConfigError listing all
-    problems by key."""
+    problems by key: each field's, then the cross-group ones among the sections that validated."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(error, raw) for error in exc.errors()]
-        raise ConfigError(lines) from None
+        errors = exc.errors()
+    # Errors with a key are the fields'. Pydantic runs the cross-group checks (Config's model
+    # validator, the error without a key) only when every field validated, so they run here
+    # again, over every section that did: a typo in one place must not hide a wrong combination.
+    field_errors = [error for error in errors if error["loc"]]
+    failed = {error["loc"][0] for error in field_errors}
+    # (A required key left out is an error under its own name, so it is in `failed`.)
+    valid = {
+        name: _validate_section(name, raw) for name in Config.model_fields if name not in failed
+    }
+    problems = [_describe(error, raw) for error in field_errors]
+    raise ConfigError(problems + compatibility_problems(valid))
+
+
+def _validate_section(name: str, raw: Mapping[str, Any]) -> object:
+    """One top-level key of Config on its own (its default when `raw` leaves it out)."""
+    if name not in raw:
+        return Config.model_fields[name].get_default()
+    return _field_adapter(name).validate_python(raw[name])
+
+
+@functools.cache  # built only when a config fails, once per key
+def _field_adapter(name: str) -> TypeAdapter[Any]:
+    field = Config.model_fields[name]
+    # Annotated with its FieldInfo, the type keeps the field's discriminator and constraints.
+    return TypeAdapter(cast(Any, Annotated[field.annotation, field]))

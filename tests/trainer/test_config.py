@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gradtrain.config import Config, validate_config
+from gradtrain.config import Config, TensorBoardLoggerConfig, validate_config
 from gradtrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -69,6 +69,19 @@ def test_tuning_gives_rosenbrock_a_stable_step_size(
     assert mine.optimizer.lr == 0.001  # the command line wins over tuning
 
 
+@pytest.mark.parametrize("optimizer", ["manual_sgd", "sgd"])
+def test_gradient_descent_on_rosenbrock_gets_the_small_step_and_long_budget(
+    composed: Callable[..., dict[str, Any]], optimizer: str
+) -> None:
+    cfg = validate_config(composed("loss=rosenbrock", f"optimizer={optimizer}"))
+    assert cfg.optimizer.name == optimizer
+    assert (cfg.optimizer.lr, cfg.trainer.max_steps) == (0.0019, 10000)
+    mine = validate_config(
+        composed("loss=rosenbrock", f"optimizer={optimizer}", "optimizer.lr=0.001")
+    )
+    assert (mine.optimizer.lr, mine.trainer.max_steps) == (0.001, 10000)
+
+
 def test_experiment_then_group_override_switches_the_optimizer(
     composed: Callable[..., dict[str, Any]],
 ) -> None:
@@ -77,6 +90,27 @@ def test_experiment_then_group_override_switches_the_optimizer(
     )
     assert cfg.optimizer.name == "adam" and cfg.optimizer.lr == 0.01
     assert cfg.dataset.name == "regression" and cfg.model.name == "linear"
+
+
+@pytest.mark.parametrize("experiment", [None, *options("experiment")])
+def test_debug_fast_caps_every_experiment_at_a_few_steps_without_checkpoints_or_figures(
+    composed: Callable[..., dict[str, Any]], experiment: str | None
+) -> None:
+    # debug first on the command line: the defaults list, not the command line, orders groups.
+    chosen = [] if experiment is None else [f"experiment={experiment}"]
+    cfg = validate_config(
+        composed("debug=fast", *chosen, *PARTNERS.get(("experiment", experiment), []))
+    )
+    assert cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= 10
+    assert not cfg.trainer.save_checkpoints and not cfg.trainer.progress_bar
+    assert isinstance(cfg.logger, TensorBoardLoggerConfig) and not cfg.logger.figures
+
+
+def test_debug_fast_without_a_logger_drops_the_figures_key(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    cfg = validate_config(composed("debug=fast", "logger=none", "~logger.figures"))
+    assert cfg.logger.name == "none" and cfg.trainer.max_steps is not None
 
 
 def problems_for(raw: dict[str, Any]) -> list[str]:
@@ -144,6 +178,37 @@ def test_every_problem_is_reported_at_once(composed: Callable[..., dict[str, Any
     )
     keys = sorted(problem.split(":")[0] for problem in problems)
     assert keys == ["optimizer.lr", "trainer.log_every_n_steps", "trainer.max_steps"]
+
+
+def test_field_and_cross_group_problems_are_reported_together(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(composed("optimizer.lr=-1", "loss=mse"))
+    assert caught.value.problems == [
+        "optimizer.lr: Input should be greater than 0 (got -1)",
+        "loss=mse compares predictions with targets, but dataset=none has no data; "
+        "use experiment=linear_regression, or dataset=regression model=linear",
+    ]
+    assert str(caught.value).startswith("Invalid configuration (2 problems):\n  - optimizer.lr")
+
+
+def test_each_cross_group_problem_is_its_own_line(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(composed("loss=mse", "model=linear"))
+    assert len(problems) == 2
+    assert problems[0].startswith("loss=mse compares predictions")
+    assert problems[1].startswith("model=linear needs inputs")
+
+
+def test_cross_group_checks_skip_a_section_that_failed(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    # With a valid dataset, loss=quadratic and model=vector would not fit it; what the dataset
+    # is meant to be is unknown until its own problem is fixed, so only that is reported.
+    problems = problems_for(composed("dataset=regression", "dataset.batch_size=0"))
+    assert problems == ["dataset.batch_size: Input should be greater than 0 (got 0)"]
 
 
 def test_unknown_component_name_lists_the_allowed_ones(
