@@ -79,7 +79,7 @@ LossConfig = Annotated[
     Field(discriminator="name"),
 ]
 # Losses of the model's parameters alone (no data), and the task each data loss expects.
-OBJECTIVE_LOSSES = ("quadratic", "rosenbrock")
+PARAMETER_LOSSES = ("quadratic", "rosenbrock")
 LOSS_TASK = {
     "mse": "regression",
     "huber": "regression",
@@ -423,7 +423,7 @@ def _loss_fits_data(loss: LossConfig, dataset: DatasetConfig) -> list[str]:
             f"loss={loss.name} is a {LOSS_TASK[loss.name]} loss, but dataset={dataset.name} is a "
             f"{task} task; use loss={' or loss='.join(fitting)}"
         )
-    if loss.name in OBJECTIVE_LOSSES and has_data:
+    if loss.name in PARAMETER_LOSSES and has_data:
         problems.append(
             f"loss={loss.name} is a function of the model's parameters and takes no data, but "
             f"dataset={dataset.name}; use dataset=none model=vector (or experiment={loss.name})"
