@@ -19,6 +19,17 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Runs in this process use one intra-op thread. The models here are tiny, and on a machine
+    whose cores other work shares, torch's second OpenMP thread mostly waits for a core at every
+    op: the MLP preset took 20 s instead of 0.3 s on two busy cores. Results do not depend on it
+    beyond float rounding, and no test compares an in-process run with a subprocess's
+    (`python train.py` subprocesses keep torch's default)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
     """The config `python train.py <overrides>` would get, as plain Python."""
     with initialize_config_module("gradtrain.configs", version_base="1.3"):
