@@ -1,5 +1,5 @@
-"""Shared fixtures: real Hydra composition of the real configs, real `train.py` subprocesses, and
-real TensorBoard event files read back."""
+"""Shared fixtures: real Hydra composition of the real configs, shrunk in-process runs of them,
+real `train.py` subprocesses, and real TensorBoard event files read back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Runs in this process use one intra-op thread. The models here are tiny, and on a machine
+    whose cores other work shares, torch's second OpenMP thread mostly waits for a core at every
+    op: the MLP preset took 20 s instead of 0.3 s on two busy cores. Results do not depend on it
+    beyond float rounding, and no test compares an in-process run with a subprocess's
+    (`python train.py` subprocesses keep torch's default)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str] | None = None) -> dict[str, Any]:
@@ -33,6 +45,68 @@ def composed() -> Callable[..., dict[str, Any]]:
 
     def make(*overrides: str) -> dict[str, Any]:
         return compose_config(list(overrides))
+
+    return make
+
+
+# What an in-process test run needs and nothing more: a few steps, no event file, no checkpoints,
+# no progress bar. A test's own override of one of these keys replaces it.
+QUICK_OVERRIDES = (
+    "trainer.max_steps=20",
+    "trainer.progress_bar=false",
+    "trainer.save_checkpoints=false",
+    "logger=none",
+)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def quick_overrides(overrides: Sequence[str]) -> list[str]:
+    """QUICK_OVERRIDES less the keys `overrides` sets, then `overrides`. With
+    logger=tensorboard, figures stay off unless the test sets logger.figures itself (drawing
+    them costs a matplotlib import and a render per run)."""
+    given = {_key(override) for override in overrides}
+    shrunk = [override for override in QUICK_OVERRIDES if _key(override) not in given]
+    if "logger=tensorboard" in overrides and "logger.figures" not in given:
+        shrunk.append("logger.figures=false")
+    return [*shrunk, *overrides]
+
+
+@pytest.fixture
+def quick_config() -> Callable[..., dict[str, Any]]:
+    """The composed config of a shrunk run: `quick_config("loss=rosenbrock")` (see
+    QUICK_OVERRIDES; e.g. "logger=tensorboard" or "trainer.max_steps=null" undo the shrinking)."""
+
+    def make(*overrides: str) -> dict[str, Any]:
+        return compose_config(quick_overrides(overrides))
+
+    return make
+
+
+@dataclass
+class QuickRun:
+    summary: dict[str, Any]
+    run_dir: Path
+
+    def scalars(self) -> dict[str, list[tuple[int, float]]]:
+        return read_scalars(self.run_dir / "tensorboard")
+
+
+@pytest.fixture
+def quick_run(
+    quick_config: Callable[..., dict[str, Any]], tmp_path: Path
+) -> Callable[..., QuickRun]:
+    """`gradtrain.run.run` in this process on `quick_config(*overrides)`, each run in a fresh
+    folder under tmp_path (or `run_dir`). Errors propagate as train.py would report them."""
+    counter = iter(range(1000))
+
+    def make(*overrides: str, run_dir: Path | None = None) -> QuickRun:
+        from gradtrain.run import run
+
+        run_dir = run_dir or tmp_path / f"quick{next(counter)}"
+        return QuickRun(run(quick_config(*overrides), run_dir), run_dir)
 
     return make
 

@@ -229,6 +229,7 @@ def test_every_rank_stops_at_the_same_divergence(tmp_path: Path) -> None:
     assert "Connection closed" not in result.stderr, result.stderr[-3000:]
 
 
+@pytest.mark.slow  # train.py and torchrun subprocesses, like the tests above
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_under_torchrun_or_on_one_gpu(tmp_path: Path) -> None:
     """With two GPUs or more: the nccl equivalence of two processes and one; with one: a plain

@@ -69,6 +69,7 @@ def sweep(tmp_path: Path) -> Sweep:
     return run
 
 
+@pytest.mark.slow  # tests/trainer/sweeps covers the summary's rows in-process
 def test_three_job_sweep_writes_job_folders_and_a_summary_sorted_by_the_monitored_metric(
     sweep: Sweep,
 ) -> None:
@@ -106,7 +107,7 @@ def test_failed_and_diverged_jobs_do_not_stop_the_others_and_the_sweep_exits_non
     sweep: Sweep,
 ) -> None:
     # An invalid value, a step size that overflows to nan, and a good job after both.
-    result = sweep("optimizer.lr=fast,1e30,0.1", "trainer.max_steps=20")
+    result = sweep("optimizer.lr=fast,1e30,0.1", "trainer.max_steps=20", "logger=none")
     assert result.returncode != 0
 
     rows = {row["overrides"].split()[0]: row for row in result.rows()}
@@ -148,6 +149,7 @@ def test_a_sweep_folder_that_holds_a_sweep_is_not_reused(sweep: Sweep, tmp_path:
     assert (tmp_path / "sweep" / "multirun.yaml").read_text() == "kept: true\n"
 
 
+@pytest.mark.slow
 def test_optuna_search_of_four_trials_records_a_diverged_trial_as_failed(sweep: Sweep) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='pip install ".[sweeps]"')
     # The preset's search space with the step sizes narrowed to a good one and one that
@@ -253,6 +255,7 @@ def tensorboard(tmp_path: Path) -> Iterator[Callable[[Path], TensorBoardServer]]
         server.stop()
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_every_run_of_a_sweep_with_its_loss_and_hparams(
     sweep: Sweep, tensorboard: Callable[[Path], TensorBoardServer]
 ) -> None:

@@ -4,6 +4,7 @@ losses and models, and a run that trains exactly as it would without them."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, TrainResult
+from conftest import ROOT, QuickRun
 from torch import Tensor, nn
 
 from gradtrain.errors import GradientCheckError, GradtrainError
@@ -267,14 +268,17 @@ def test_explain_batch_is_the_first_samples_and_leaves_shuffling_alone(
 # ---------------------------------------------------------------------------------- in runs
 @pytest.mark.parametrize(
     "overrides",
-    [["loss=rosenbrock", "trainer.max_steps=50"], ["experiment=linear_regression"]],
+    [
+        ["loss=rosenbrock", "trainer.max_steps=50"],
+        ["experiment=linear_regression", "trainer.max_steps=null"],  # the preset's 20 epochs
+    ],
     ids=["rosenbrock", "linear_regression"],
 )
 def test_a_run_with_explain_trains_exactly_like_one_without(
-    composed: Compose, tmp_path: Path, overrides: list[str]
+    quick_config: Compose, tmp_path: Path, overrides: list[str]
 ) -> None:
-    plain = run(composed("logger=none", *overrides), tmp_path / "plain")
-    explained = run(composed("logger=none", "explain=true", *overrides), tmp_path / "explained")
+    plain = run(quick_config(*overrides), tmp_path / "plain")
+    explained = run(quick_config("explain=true", *overrides), tmp_path / "explained")
     assert explained["final_loss"] == plain["final_loss"]
     assert explained.get("params") == plain.get("params")
     assert explained["gradient_check"]["passed"] is True
@@ -283,17 +287,21 @@ def test_a_run_with_explain_trains_exactly_like_one_without(
     assert not (tmp_path / "plain" / "explain.md").exists()
 
 
-def test_train_py_explain_prints_writes_and_logs_the_report_then_trains(
-    train: Callable[..., TrainResult],
+def test_explain_logs_writes_and_records_the_report_then_trains(
+    quick_run: Callable[..., QuickRun], caplog: pytest.LogCaptureFixture
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = train("loss=quadratic", "explain=true")
-    assert result.returncode == 0, result.output
-    assert "SumBackward0 <- SubBackward0 <- PowBackward0 <- x" in result.stdout
-    assert "| QuadraticLoss.analytic_gradient | 5 of 5 | 0 | 0 |" in result.stdout
-    assert "**Gradient check: PASS**" in result.stdout
-    assert result.stdout.index("Gradient check") < result.stdout.index("final loss  -25")
+    # (train.py prints what the gradtrain logger logs: tests/test_train.py shows the summary.)
+    with caplog.at_level(logging.INFO, logger="gradtrain"):
+        result = quick_run(
+            "loss=quadratic", "explain=true", "logger=tensorboard", "trainer.max_steps=200"
+        )
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "SumBackward0 <- SubBackward0 <- PowBackward0 <- x" in logged
+    assert "| QuadraticLoss.analytic_gradient | 5 of 5 | 0 | 0 |" in logged
+    assert "**Gradient check: PASS**" in logged
+    assert logged.index("Gradient check") < logged.index("final loss  -25")
     written = (result.run_dir / "explain.md").read_text()
     assert written.startswith("# What autograd does on this run")
     assert "`x.detach()` | (5,) | False | True | None | yes |" in written
@@ -315,13 +323,13 @@ class WrongQuadraticLoss(QuadraticLoss):
 
 
 def test_a_wrong_analytic_gradient_stops_the_run_before_training(
-    composed: Compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    quick_config: Compose, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The config schema accepts only the built-in names, so the test swaps what "quadratic"
     # builds; monkeypatch puts the real one back.
     monkeypatch.setitem(LOSSES._entries, "quadratic", WrongQuadraticLoss)
     with pytest.raises(GradientCheckError, match="gradient check FAILED") as caught:
-        run(composed("explain=true"), tmp_path)
+        run(quick_config("explain=true"), tmp_path)
     assert isinstance(caught.value, GradtrainError) and caught.value.exit_code != 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["steps"] == 0
@@ -330,6 +338,7 @@ def test_a_wrong_analytic_gradient_stops_the_run_before_training(
     assert "**Gradient check: FAIL**" in (tmp_path / "explain.md").read_text()
 
 
+@pytest.mark.slow  # the in-process test above covers the run; test_train.py, train.py's exit path
 def test_train_py_exits_non_zero_when_the_gradient_check_fails(tmp_path: Path) -> None:
     # train.py itself, run as __main__ in a fresh interpreter, with the wrong loss registered.
     script = tmp_path / "train_with_wrong_gradient.py"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TrainResult
+from conftest import QuickRun, TrainResult
 
 from gradtrain.insight.figures import (
     FIGURE_TAG,
@@ -26,9 +26,10 @@ from gradtrain.insight.figures import (
 from gradtrain.insight.trajectory import Trajectory, load_trajectory, save_trajectory
 from gradtrain.losses import QuadraticLoss, RosenbrockLoss
 from gradtrain.metrics.sinks import TensorBoardSink, png_size
-from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
+Quick = Callable[..., QuickRun]
+FIGURES = ("logger=tensorboard", "logger.figures=true")  # quick runs draw none otherwise
 
 
 def read_images(log_dir: Path) -> list[tuple[int, bytes]]:
@@ -51,27 +52,23 @@ def decode(png: bytes) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------ in a run
-def test_rosenbrock_run_logs_its_path_every_n_steps_and_at_the_end(
-    composed: Compose, tmp_path: Path
-) -> None:
-    run(
-        composed(
-            "loss=rosenbrock",
-            "trainer.max_steps=45",
-            "trainer.log_every_n_steps=10",
-            "logger.figure_every_n_steps=20",
-        ),
-        tmp_path,
+def test_rosenbrock_run_logs_its_path_every_n_steps_and_at_the_end(quick_run: Quick) -> None:
+    result = quick_run(
+        *FIGURES,
+        "loss=rosenbrock",
+        "trainer.max_steps=45",
+        "trainer.log_every_n_steps=10",
+        "logger.figure_every_n_steps=20",
     )
-    images = read_images(tmp_path / "tensorboard")
+    images = read_images(result.run_dir / "tensorboard")
     assert [step for step, _ in images] == [20, 40, 45]
     for _, png in images:
         assert decode(png) == png_size(png) == (640, 480)
-    _, steps, points = load_trajectory(tmp_path / "trajectory.json")
+    _, steps, points = load_trajectory(result.run_dir / "trajectory.json")
     assert steps == [0, 10, 20, 30, 40, 45]  # the start, then the logging steps
     assert points[0].tolist() == [-1.5, 2.0]
     assert points[-1].tolist() == pytest.approx(
-        json.loads((tmp_path / "summary.json").read_text())["params"]
+        json.loads((result.run_dir / "summary.json").read_text())["params"]
     )
 
 
@@ -80,36 +77,33 @@ def test_rosenbrock_run_logs_its_path_every_n_steps_and_at_the_end(
     [["model.size=1"], ["model.size=2"], [], ["experiment=linear_regression"]],
     ids=["1-d curve", "2-d contour", "5-d projection", "linear model projection"],
 )
-def test_every_problem_gets_one_figure_at_the_end(
-    composed: Compose, tmp_path: Path, overrides: list[str]
-) -> None:
-    summary = run(composed("trainer.max_steps=30", *overrides), tmp_path)
-    ((step, png),) = read_images(tmp_path / "tensorboard")
-    assert step == summary["steps"]
+def test_every_problem_gets_one_figure_at_the_end(quick_run: Quick, overrides: list[str]) -> None:
+    result = quick_run(*FIGURES, "trainer.max_steps=30", *overrides)
+    ((step, png),) = read_images(result.run_dir / "tensorboard")
+    assert step == result.summary["steps"]
     assert decode(png) == (640, 480)
 
 
-def test_figures_false_draws_nothing_and_records_no_path(composed: Compose, tmp_path: Path) -> None:
-    run(composed("loss=rosenbrock", "trainer.max_steps=20", "logger.figures=false"), tmp_path)
-    assert read_images(tmp_path / "tensorboard") == []
-    assert not (tmp_path / "trajectory.json").exists()
+def test_figures_false_draws_nothing_and_records_no_path(quick_run: Quick) -> None:
+    result = quick_run(
+        "logger=tensorboard", "logger.figures=false", "loss=rosenbrock", "trainer.max_steps=20"
+    )
+    assert read_images(result.run_dir / "tensorboard") == []
+    assert not (result.run_dir / "trajectory.json").exists()
 
 
 def test_without_matplotlib_the_run_says_so_in_one_line_and_goes_on(
-    composed: Compose,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    quick_run: Quick, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
     with caplog.at_level(logging.WARNING, logger="gradtrain"):
-        summary = run(composed("loss=rosenbrock", "trainer.max_steps=20"), tmp_path)
-    assert summary["status"] == "completed"
+        result = quick_run(*FIGURES, "loss=rosenbrock", "trainer.max_steps=20")
+    assert result.summary["status"] == "completed"
     (message,) = [r.getMessage() for r in caplog.records if "matplotlib" in r.getMessage()]
     assert message.startswith("figures skipped: matplotlib is not installed")
     assert "\n" not in message
-    assert read_images(tmp_path / "tensorboard") == []
-    assert (tmp_path / "trajectory.json").exists()  # the path itself needs no matplotlib
+    assert read_images(result.run_dir / "tensorboard") == []
+    assert (result.run_dir / "trajectory.json").exists()  # the path itself needs no matplotlib
 
 
 # ------------------------------------------------------------------------------- the pieces
@@ -195,6 +189,7 @@ def test_sweep_figure_labels_jobs_by_what_sets_them_apart(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.slow  # a real sweep; the figure itself is drawn in-process above
 def test_sweep_of_optimizers_on_rosenbrock_draws_one_figure(
     train: Callable[..., TrainResult], tmp_path: Path
 ) -> None:
