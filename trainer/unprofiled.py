@@ -50,7 +50,7 @@ class Unprofiled:
 
         @functools.wraps(func)
         def step(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-            if _step_is_watched(self):
+            if step_is_watched(self):
                 return watched_step(self, *args, **kwargs)
             return func(self, *args, **kwargs)
 
@@ -59,7 +59,7 @@ class Unprofiled:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """`torch.optim.Optimizer.zero_grad`: `.grad = None` (default), or zeros in place."""
         optimizer = cast(torch.optim.Optimizer, self)
-        if _step_is_watched(optimizer):
+        if step_is_watched(optimizer):
             torch.optim.Optimizer.zero_grad(optimizer, set_to_none)  # with its profiler range
             return
         for group in self.param_groups:
@@ -83,7 +83,7 @@ def bare_step(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., Any
     return getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
 
 
-def _step_is_watched(optimizer: torch.optim.Optimizer) -> bool:
+def step_is_watched(optimizer: torch.optim.Optimizer) -> bool:
     return bool(
         torch._C._autograd._profiler_enabled()
         or optimizer._optimizer_step_pre_hooks

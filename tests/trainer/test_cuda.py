@@ -15,7 +15,7 @@ from conftest import read_scalars
 from gradtrain.build import build_trainer
 from gradtrain.config import validate_config
 from gradtrain.metrics.sinks import TensorBoardSink
-from gradtrain.optim import _step_is_watched
+from gradtrain.unprofiled import step_is_watched
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -79,15 +79,15 @@ def test_training_steps_never_synchronise_with_the_gpu(
     # logging step once 64 updates or a second have passed (at most one per second).
     sink = SyncCheck(TensorBoardSink(tmp_path, flush_secs=10**6), first_step=10, last_step=40)
     trainer = build_trainer(validate_config(raw), sink)  # type: ignore[arg-type]
-    trainer.updates.settle_after_s = math.inf
+    trainer.guard.record.settle_after_s = math.inf
     assert next(iter(trainer.train_loader))[0].is_pinned()  # type: ignore[arg-type]
-    assert not _step_is_watched(trainer.optimizer)  # the optimizer's step as runs take it
+    assert not step_is_watched(trainer.optimizer)  # the optimizer's step as runs take it
     try:
         result = trainer.fit()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     sink.close()
-    assert not _step_is_watched(trainer.optimizer)
+    assert not step_is_watched(trainer.optimizer)
     # Steps 11 to 40 ran in error mode: 27 steps between logging steps, 2 logging steps, and the
     # epoch ends after steps 16 and 32.
     assert sink.mode_at == {10: DEFAULT, 20: ERROR, 30: ERROR, 40: ERROR}
