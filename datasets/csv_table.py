@@ -10,10 +10,7 @@ from typing import Literal
 import torch
 
 from gradtrain.datasets.tensor import InMemoryDataset
-
-
-class DataError(ValueError):
-    """The data itself is unusable; the message names the file, line, column and value."""
+from gradtrain.errors import DataError
 
 
 @dataclass

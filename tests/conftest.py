@@ -49,26 +49,13 @@ def composed() -> Callable[..., dict[str, Any]]:
     return make
 
 
-# What an in-process test run needs and nothing more: a few steps, no event file, no checkpoints,
-# no progress bar. A test's own override of one of these keys replaces it.
-QUICK_OVERRIDES = (
-    "trainer.max_steps=20",
-    "trainer.progress_bar=false",
-    "trainer.save_checkpoints=false",
-    "logger=none",
-)
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
+# What an in-process test run needs and nothing more: `debug=fast`, the smoke-run preset users have
+# too (20 steps, no logger, no checkpoints, no progress bar). A test's own overrides come after it
+# and win; with logger=tensorboard, figures stay off unless the test sets logger.figures itself
+# (drawing them costs a matplotlib import and a render per run).
 def quick_overrides(overrides: Sequence[str]) -> list[str]:
-    """QUICK_OVERRIDES less the keys `overrides` sets, then `overrides`. With
-    logger=tensorboard, figures stay off unless the test sets logger.figures itself (drawing
-    them costs a matplotlib import and a render per run)."""
-    given = {_key(override) for override in overrides}
-    shrunk = [override for override in QUICK_OVERRIDES if _key(override) not in given]
+    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
+    shrunk = ["debug=fast"]
     if "logger=tensorboard" in overrides and "logger.figures" not in given:
         shrunk.append("logger.figures=false")
     return [*shrunk, *overrides]
@@ -77,7 +64,7 @@ def quick_overrides(overrides: Sequence[str]) -> list[str]:
 @pytest.fixture
 def quick_config() -> Callable[..., dict[str, Any]]:
     """The composed config of a shrunk run: `quick_config("loss=rosenbrock")` (see
-    QUICK_OVERRIDES; e.g. "logger=tensorboard" or "trainer.max_steps=null" undo the shrinking)."""
+    quick_overrides; e.g. "logger=tensorboard" or "trainer.max_steps=null" undo the shrinking)."""
 
     def make(*overrides: str) -> dict[str, Any]:
         return compose_config(quick_overrides(overrides))

@@ -143,7 +143,6 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         return Data()
     from gradtrain.datasets import (
         ClassificationDataset,
-        DataError,
         InMemoryDataset,
         RegressionDataset,
         build_dataloader,
@@ -160,10 +159,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         )
         class_names = [str(i) for i in range(cfg.n_classes)]
     else:
-        try:
-            table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
-        except DataError as exc:
-            raise GradtrainError(str(exc)) from None
+        table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
         dataset = table.dataset
         if cfg.task == "classification":
             class_names = table.class_names

@@ -16,16 +16,12 @@ from typing import Any
 
 import torch
 
-from gradtrain.errors import GradtrainError
+from gradtrain.errors import CheckpointError
 from gradtrain.files import write_atomic
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt")
-
-
-class CheckpointError(GradtrainError):
-    """A checkpoint file is missing, corrupt, or holds more than tensors and plain data."""
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Errors that reach the user as a short message instead of a traceback."""
+"""Every error gradtrain raises on purpose. Each reaches the user as a short message (train.py
+prints it without a traceback and exits with its `exit_code`), and a notebook as an exception."""
 
 from __future__ import annotations
 
@@ -24,3 +25,25 @@ class ConfigError(GradtrainError):
 class GradientCheckError(GradtrainError):
     """explain=true found autograd's gradient and a reference further apart than the stated
     tolerance: training on that gradient would not be trustworthy."""
+
+
+class DataError(GradtrainError):
+    """The data itself is unusable; the message names the file, line, column and value."""
+
+
+class CheckpointError(GradtrainError):
+    """A checkpoint file is missing, corrupt, or holds more than tensors and plain data."""
+
+
+class TrainingDiverged(GradtrainError):
+    """The loss or a gradient became non-finite; the summary and last checkpoint are kept."""
+
+    exit_code = 3
+
+
+class TrainingInterrupted(GradtrainError):
+    """A signal stopped the run after a checkpoint; resume with trainer.resume=auto."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention for "killed by signal"

@@ -20,7 +20,6 @@ import torch
 from gradtrain.build import build, build_sink, build_trainer, resolve_device
 from gradtrain.checkpoint import (
     LAST,
-    CheckpointError,
     CheckpointWriter,
     NullCheckpointWriter,
     load_checkpoint,
@@ -34,7 +33,13 @@ from gradtrain.distributed import (
     local_device,
     process_group,
 )
-from gradtrain.errors import GradientCheckError, GradtrainError
+from gradtrain.errors import (
+    CheckpointError,
+    GradientCheckError,
+    GradtrainError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from gradtrain.files import write_atomic, write_json_atomic
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
@@ -50,20 +55,6 @@ SUMMARY_FILE = "summary.json"
 EXPLAIN_FILE = "explain.md"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
-
-
-class TrainingDiverged(GradtrainError):
-    """The loss or a gradient became non-finite; the summary and last checkpoint are kept."""
-
-    exit_code = 3
-
-
-class TrainingInterrupted(GradtrainError):
-    """A signal stopped the run after a checkpoint; resume with trainer.resume=auto."""
-
-    def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signal_number  # the shell's convention for "killed by signal"
 
 
 def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:

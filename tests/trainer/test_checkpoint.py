@@ -13,12 +13,12 @@ from conftest import RecordingSink
 from gradtrain.build import build_trainer
 from gradtrain.checkpoint import (
     LAST,
-    CheckpointError,
     CheckpointWriter,
     load_checkpoint,
     save_checkpoint,
 )
 from gradtrain.config import validate_config
+from gradtrain.errors import CheckpointError
 from gradtrain.loop import Trainer
 from gradtrain.run import run, seed_everything
 

@@ -93,7 +93,7 @@ def test_experiment_then_group_override_switches_the_optimizer(
 
 
 @pytest.mark.parametrize("experiment", [None, *options("experiment")])
-def test_debug_fast_caps_every_experiment_at_a_few_steps_without_checkpoints_or_figures(
+def test_debug_fast_caps_every_experiment_at_a_few_steps_without_checkpoints_or_logs(
     composed: Callable[..., dict[str, Any]], experiment: str | None
 ) -> None:
     # debug first on the command line: the defaults list, not the command line, orders groups.
@@ -101,16 +101,19 @@ def test_debug_fast_caps_every_experiment_at_a_few_steps_without_checkpoints_or_
     cfg = validate_config(
         composed("debug=fast", *chosen, *PARTNERS.get(("experiment", experiment), []))
     )
-    assert cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= 10
+    assert cfg.trainer.max_steps is not None and cfg.trainer.max_steps <= 20
     assert not cfg.trainer.save_checkpoints and not cfg.trainer.progress_bar
-    assert isinstance(cfg.logger, TensorBoardLoggerConfig) and not cfg.logger.figures
+    assert cfg.logger.name == "none"  # so no event file and no figures
 
 
-def test_debug_fast_without_a_logger_drops_the_figures_key(
-    composed: Callable[..., dict[str, Any]],
+@pytest.mark.parametrize("order", ["logger first", "debug first"])
+def test_a_logger_chosen_on_the_command_line_wins_over_debug_fast(
+    composed: Callable[..., dict[str, Any]], order: str
 ) -> None:
-    cfg = validate_config(composed("debug=fast", "logger=none", "~logger.figures"))
-    assert cfg.logger.name == "none" and cfg.trainer.max_steps is not None
+    overrides = ["logger=tensorboard", "debug=fast"]
+    cfg = validate_config(composed(*(overrides if order == "logger first" else overrides[::-1])))
+    assert isinstance(cfg.logger, TensorBoardLoggerConfig)
+    assert not cfg.trainer.save_checkpoints
 
 
 def problems_for(raw: dict[str, Any]) -> list[str]:

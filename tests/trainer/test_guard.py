@@ -16,11 +16,12 @@ from conftest import RecordingSink
 from gradtrain.build import build_trainer
 from gradtrain.checkpoint import LAST, load_checkpoint
 from gradtrain.config import TrainerConfig, validate_config
+from gradtrain.errors import TrainingDiverged
 from gradtrain.guard import NonFinite, UpdateRecord
 from gradtrain.loop import Trainer
 from gradtrain.models import VectorModel
 from gradtrain.optim import ManualSGD
-from gradtrain.run import TrainingDiverged, run, seed_everything
+from gradtrain.run import run, seed_everything
 
 Compose = Callable[..., dict[str, Any]]
 
