@@ -228,25 +228,31 @@ class Trainer:
     def _forward_backward(self, batches: list[Any]) -> Tensor:
         """Forward and backward of each batch; `.grad` adds their gradients up. Returns the loss
         over all of them (0-d, detached), the same on every rank."""
-        total: Tensor | None = None
+        if len(batches) == 1:  # one batch per update: nothing to average or to keep local
+            loss = self._forward(batches[0])
+            backward(loss)
+            total = summed(loss.detach())
+        else:
+            total = self._accumulate(batches)
+        # The mean over ranks (equal batches), one scalar all-reduce per update under torchrun
+        # (no host sync on CUDA): every rank then sees the same loss, so the guard, tolerance
+        # and best_loss agree across ranks.
+        return all_reduce_mean(total) if self._world_size > 1 else total
+
+    def _accumulate(self, batches: list[Any]) -> Tensor:
+        """Gradient accumulation: forward and backward of several batches, whose gradients add
+        up in `.grad`; each loss is divided by their number, so the sum is their mean, as one
+        larger batch would give. Returns the summed loss (0-d, detached)."""
+        total = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             # Under torchrun, backward also averages the gradients over ranks, but only on the
             # last batch of the window; before it they add up locally, as .grad does in one
             # process. (DDP decides this in forward, so both are inside.)
             with sync_gradients(self.model, i == len(batches) - 1):
-                loss = self._forward(batch)
-                # Dividing each loss by the window makes the summed gradients their mean, as
-                # one larger batch would give. (Skipped for one batch: one op less a step.)
-                if len(batches) > 1:
-                    loss = loss / len(batches)
+                loss = self._forward(batch) / len(batches)
                 backward(loss)
-            loss = summed(loss.detach())
-            total = loss if total is None else total + loss
-        assert total is not None
-        # The mean over ranks (equal batches), one scalar all-reduce per update under torchrun
-        # (no host sync on CUDA): every rank then sees the same loss, so the guard, tolerance
-        # and best_loss agree across ranks.
-        return all_reduce_mean(total) if self._world_size > 1 else total
+            total += summed(loss.detach())
+        return total
 
     def _forward(self, batch: Any) -> Tensor:
         """`step.forward` on this device and precision, counting right answers (classification)."""
