@@ -178,7 +178,7 @@ def test_bf16_runs_the_forward_in_bfloat16_and_keeps_float32_weights(composed: C
     assert result.final_loss < sink.scalars["train/loss"][0][1] / 10
 
 
-def test_bf16_leaves_an_objective_of_float32_parameters_exact(
+def test_bf16_leaves_a_loss_of_float32_parameters_alone_exact(
     composed: Compose, tmp_path: Path
 ) -> None:
     fp32 = run(composed("logger=none"), tmp_path / "fp32")

@@ -1,5 +1,5 @@
 """The sweep summary's rows, read from job folders laid out as Hydra and gradtrain write them,
-and the objective a run is judged by."""
+and the monitored metric a run is judged by."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def completed(**values: Any) -> dict[str, Any]:
     return {"status": "completed", "stop_reason": "max_steps", "steps": 10, "wall_s": 0.5, **values}
 
 
-def test_rows_are_sorted_by_objective_and_failures_come_last(tmp_path: Path) -> None:
+def test_rows_are_sorted_by_the_monitored_metric_and_failures_come_last(tmp_path: Path) -> None:
     make_job(tmp_path, 0, ["a=0"], {"status": "failed", "error": "boom", "steps": 3})
     make_job(tmp_path, 1, ["a=1"], completed(final_loss=2.0, best_loss=1.0, monitor="final_loss"))
     make_job(tmp_path, 2, ["a=2"], completed(final_loss=-1.0, best_loss=-1.0, monitor="final_loss"))
@@ -49,7 +49,7 @@ def test_rows_are_sorted_by_objective_and_failures_come_last(tmp_path: Path) -> 
     assert rows[0].overrides == ["a=2"] and rows[0].monitored_value == -1.0
 
 
-def test_validation_metrics_become_columns_and_val_loss_is_the_default_objective(
+def test_validation_metrics_become_columns_and_val_loss_is_the_default_monitored_metric(
     tmp_path: Path,
 ) -> None:
     # Runs with a validation set report val_loss (and maybe val_accuracy); it wins over the
@@ -64,7 +64,9 @@ def test_validation_metrics_become_columns_and_val_loss_is_the_default_objective
     assert "| 0.8 | 0.3 |" in markdown_table(rows)
 
 
-def test_a_non_finite_objective_is_diverged_and_a_stated_status_is_kept(tmp_path: Path) -> None:
+def test_a_non_finite_monitored_metric_is_diverged_and_a_stated_status_is_kept(
+    tmp_path: Path,
+) -> None:
     make_job(tmp_path, 0, ["a=0"], completed(final_loss=math.nan, monitor="final_loss"))
     stated = {"status": "diverged", "error": "loss became inf at step 7", "final_loss": math.inf}
     make_job(tmp_path, 1, ["a=1"], stated)
@@ -91,8 +93,8 @@ def test_claiming_a_sweep_folder_refuses_one_that_holds_a_sweep(tmp_path: Path) 
         claim_sweep_dir(tmp_path / "new" / "sweep")
 
 
-# ------------------------------------------------------------------------------------ objective
-def test_objective_is_val_loss_when_present_else_final_loss_unless_chosen() -> None:
+# ------------------------------------------------------------------------------- monitor
+def test_the_monitored_metric_is_val_loss_when_present_else_final_loss_unless_chosen() -> None:
     assert choose_monitor(None, {"final_loss": 1.0}) == "final_loss"
     assert choose_monitor(None, {"final_loss": 1.0, "val_loss": 2.0}) == "val_loss"
     assert choose_monitor("best_loss", {"best_loss": 0.5, "val_loss": 2.0}) == "best_loss"
@@ -100,7 +102,7 @@ def test_objective_is_val_loss_when_present_else_final_loss_unless_chosen() -> N
         choose_monitor("val_loss", {"final_loss": 1.0})
 
 
-def test_a_run_records_and_returns_its_objective(composed: Compose, tmp_path: Path) -> None:
+def test_a_run_records_and_returns_its_monitored_metric(composed: Compose, tmp_path: Path) -> None:
     summary = run(composed("logger=none", "trainer.monitor=best_loss"), tmp_path / "a")
     assert summary["monitor"] == "best_loss"
     assert monitored_value(summary) == summary["best_loss"]
