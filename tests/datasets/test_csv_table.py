@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TrainResult
 
 from gradtrain.datasets import DataError, load_csv
 
@@ -53,7 +56,7 @@ def test_integer_labels_keep_numeric_order(tmp_path: Path) -> None:
         ("a,y\n1,2\nabc,3\n", {"target": "y"}, "line 3, column 'a': 'abc' is not a number"),
         ("a,y\n1,2\n,3\n", {"target": "y"}, "line 3, column 'a': empty value"),
         ("a,y\n1,2\n3,\n", {"target": "y"}, "line 3, column 'y': empty value"),
-        ("a,y\n1,2\n3\n", {"target": "y"}, "line 3: 1 fields, but the header has 2"),
+        ("a,y\n1,2\n3\n", {"target": "y"}, "line 3: 1 field, but the header has 2"),
         ("a,y\n1,s\n2,s\n", {"target": "y", "task": "classification"}, "single class 's'"),
         ("", {"target": "y"}, "the file is empty"),
         ("a,y\n", {"target": "y"}, "no data rows"),
@@ -72,3 +75,121 @@ def test_bad_files_name_the_file_and_the_place(
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope\.csv: no such file"):
         load_csv(tmp_path / "nope.csv", target="y")
+
+
+# ------------------------------------------ reading the file: what used to end in a traceback
+def test_lines_are_counted_across_quoted_line_breaks_and_blank_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, 'a,note,y\n1,"two\nlines",2\n\nq,x,3\n')
+    with pytest.raises(DataError, match=r"line 5, column 'a': 'q' is not a number"):
+        load_csv(path, target="y", features=["a"])
+
+
+def test_blank_lines_are_skipped(tmp_path: Path) -> None:
+    data = load_csv(write(tmp_path, "a,y\n1,2\n\n3,4\n\n\n"), target="y")
+    assert data.dataset.inputs.tolist() == [[1.0], [3.0]]
+
+
+def test_a_utf8_byte_order_mark_is_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,y\n1,2\n3,4\n")
+    data = load_csv(path, target="a")
+    assert data.feature_names == ["y"] and data.dataset.targets.tolist() == [1.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("x,label\n1,caf\xe9\n2,tea\n", "line 2, column 'label': 'caf\\xe9' is not UTF-8"),
+        ("x,\xe9t\xe9\n1,a\n2,b\n", "line 1, column 2: '\\xe9t\\xe9' is not UTF-8"),
+    ],
+)
+def test_a_latin1_file_is_named_with_the_encoding_expected(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(DataError) as caught:
+        load_csv(path, target="label", task="classification")
+    assert f"{path}, {message}" in str(caught.value)
+    assert "gradtrain reads CSV files as UTF-8" in str(caught.value)
+
+
+def test_a_utf16_file_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.csv"
+    path.write_bytes("a,y\n1,2\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"utf16\.csv: the file is UTF-16 or UTF-32 .* as UTF-8"):
+        load_csv(path, target="y")
+
+
+def test_a_nul_byte_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nul.csv"
+    path.write_bytes(b"a,y\n1,2\n3\x00,4\n")
+    with pytest.raises(DataError, match=r"line 3, column 'a': '3\\x00' holds a NUL byte"):
+        load_csv(path, target="y")
+
+
+def test_a_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=rf"{tmp_path}: a directory, not a file \(dataset.path\)"):
+        load_csv(tmp_path, target="y")
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,y\n1,2\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root (with CAP_DAC_OVERRIDE) reads it whatever its mode
+        pytest.skip("this process can read a file of mode 000")
+    with pytest.raises(DataError, match=r"data\.csv: cannot read the file: Permission denied"):
+        load_csv(path, target="y")
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="Linux's /proc")
+def test_a_read_error_is_named() -> None:
+    """Reading /proc/self/mem from offset 0 fails with EIO, even for root."""
+    with pytest.raises(DataError, match=r"/proc/self/mem: cannot read the file: Input/output"):
+        load_csv("/proc/self/mem", target="y")
+
+
+@pytest.mark.parametrize(
+    ("row", "column"),
+    [
+        ("1" * 200_000 + ",3", "column 'a'"),
+        ('1,"' + "x,y\n" * 50_000 + '"', "column 'y'"),  # quoted: its commas are not delimiters
+    ],
+)
+def test_a_cell_over_the_csv_field_limit_is_named(tmp_path: Path, row: str, column: str) -> None:
+    path = write(tmp_path, f"a,y\n1,2\n{row}\n")
+    with pytest.raises(DataError) as caught:
+        load_csv(path, target="y")
+    message = str(caught.value)
+    assert f"{path}, line 3, {column}: a cell of more than 131072 characters" in message
+    assert "characters)" not in message  # the length is not known: it was read only that far
+    assert len(message) < 400  # the value is cut short, not quoted whole
+
+
+def test_an_unclosed_quote_is_suspected(tmp_path: Path) -> None:
+    path = write(tmp_path, 'a,y\n1,2\n"3,4\n5,6\n')
+    with pytest.raises(DataError) as caught:
+        load_csv(path, target="y")
+    assert "line 3: 1 field, but the header has 2 (a quoted cell runs on to line 5: an " in str(
+        caught.value
+    )
+
+
+def test_a_header_holding_another_delimiter_suggests_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "a;y\n1;2\n")
+    with pytest.raises(
+        DataError, match=r"columns are: a;y \(one column: is the delimiter ';'\? dataset"
+    ):
+        load_csv(path, target="y")
+
+
+def test_train_py_reports_a_latin1_file_in_one_paragraph(
+    train: Callable[..., TrainResult], tmp_path: Path
+) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("a,y\n1,2\n2,caf\xe9\n".encode("latin-1"))
+    result = train("experiment=csv_regression", f"dataset.path={path}", "dataset.target=y")
+    assert result.returncode == 1
+    assert "Traceback" not in result.output
+    assert f"gradtrain: {path}, line 3, column 'y': 'caf\\xe9' is not UTF-8" in result.stderr
+    assert not (result.run_dir / "summary.json").exists()
