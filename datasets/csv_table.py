@@ -1,8 +1,9 @@
 """The user's own data: a CSV file with a header row, read into an in-memory dataset.
 
-Every refusal is a DataError that names the file and, where there is one, the line (as in an
-editor: the header is line 1), the column and the value as written. The checks on values take
-whole tables (`_first_marked_cell`), so a columnar reader can reuse them and keep the messages.
+Every refusal is a DataError (a ConfigError for `dataset.features` itself) that names the file
+and, where there is one, the line (as in an editor: the header is line 1), the column and the
+value as written. The checks on values take whole columns or tables (`_check_finite`,
+`_first_marked_cell`), so a columnar reader can reuse them and keep the messages.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from gradtrain.datasets.tensor import InMemoryDataset
-from gradtrain.errors import DataError
+from gradtrain.errors import ConfigError, DataError
 
+# Features and regression targets become float32: a float64 beyond this would become infinite.
+FLOAT32_MAX = torch.finfo(torch.float32).max
 # A message quotes at most this many characters of a cell, so a huge one cannot swamp it.
 SHOWN_CHARACTERS = 40
 
@@ -50,8 +55,10 @@ def load_csv(
     task: Literal["regression", "classification"] = "regression",
     delimiter: str = ",",
 ) -> CsvData:
-    """Read `path`, a UTF-8 CSV file (a byte-order mark is allowed) with a header row;
-    `features=None` takes every column but the target. Blank lines are skipped.
+    """Read `path`, a UTF-8 CSV file (a byte-order mark is allowed) with a header row that names
+    every column once; `features=None` takes every column but the target. Blank lines are
+    skipped. Every value used must be a finite number within float32's range, except
+    classification labels, which are text (but not "nan" or "inf").
     """
     path = Path(path)
     text, undecodable = _read_text(path)
@@ -60,8 +67,10 @@ def load_csv(
         raise DataError(f"{path}: the file is empty; it needs a header row")
     if undecodable or _NUL in text:
         _refuse_marked_cell(path, records)
-    (_, header), rows = records[0], records[1:]
+    (header_line, header), rows = records[0], records[1:]
     header = [name.strip() for name in header]
+    _check_header(path, header_line, header)
+    _check_features(path, header, target, features)
 
     for name in [target, *(features or [])]:
         if name not in header:
@@ -92,18 +101,17 @@ def load_csv(
 
     lines = [line for line, _ in rows]
     inputs = torch.tensor(feature_rows, dtype=torch.float32)
+    _check_finite(inputs, path, feature_names, lines, lambda r, c: rows[r][1][column[c]])
     if task == "regression":
         values = [
             _number(path, line, target, label) for line, label in zip(lines, labels, strict=True)
         ]
-        return CsvData(InMemoryDataset(inputs, torch.tensor(values)), feature_names)
+        targets = torch.tensor(values, dtype=torch.float32)
+        _check_finite(targets, path, [target], lines, lambda r, _: labels[r])
+        return CsvData(InMemoryDataset(inputs, targets), feature_names)
 
     class_names = _sorted_labels(set(labels))
-    if len(class_names) < 2:
-        raise DataError(
-            f"{path}: target column '{target}' has a single class '{class_names[0]}'; "
-            "classification needs at least 2"
-        )
+    _check_labels(path, target, class_names, labels, lines)
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], dtype=torch.int64)
     return CsvData(InMemoryDataset(inputs, targets), feature_names, class_names)
@@ -230,6 +238,47 @@ def _first_marked_cell(records: Sequence[Row]) -> tuple[int, int, str] | None:
     return None
 
 
+# -------------------------------------------------------------------------- header and features
+def _check_header(path: Path, line: int, header: list[str]) -> None:
+    """Every column has a name, and no name twice: a repeated name made all but its last column
+    unreachable (`a,a,y` trained on the second `a` twice)."""
+    first: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if not name:
+            hint = " (a delimiter at the end of the line?)" if number == len(header) else ""
+            raise DataError(
+                f"{path}, line {line}, column {number}: the header gives this column no "
+                f"name{hint}; every column needs one"
+            )
+        if name in first:
+            raise DataError(
+                f"{path}, line {line}: column '{name}' appears twice in the header (columns "
+                f"{first[name]} and {number}); column names must be unique"
+            )
+        first[name] = number
+
+
+def _check_features(path: Path, header: list[str], target: str, features: list[str] | None) -> None:
+    """`dataset.features` may not hold the target (training on the answer scores well and
+    learns nothing) or a column twice (a copy of a feature only adds weights)."""
+    if features is None:
+        return
+    choices = ", ".join(name for name in header if name != target)
+    problems = []
+    if target in features:
+        problems.append(
+            f"dataset.features lists the target '{target}', which would hand the model the "
+            f"answer; choose among the other columns of {path} ({choices}), or null for all"
+        )
+    for name in dict.fromkeys(name for name in features if features.count(name) > 1):
+        problems.append(
+            f"dataset.features lists '{name}' twice; each column of {path} ({choices}) "
+            "can be a feature once"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
 # ------------------------------------------------------------------------------------- values
 def _number(path: Path, line: int, column: str, text: str) -> float:
     text = text.strip()
@@ -241,6 +290,66 @@ def _number(path: Path, line: int, column: str, text: str) -> float:
         raise DataError(
             f"{path}, line {line}, column '{column}': {_show(text)} is not a number"
         ) from None
+
+
+def _check_finite(
+    values: Tensor,
+    path: Path,
+    columns: Sequence[str],
+    lines: Sequence[int],
+    cell: Callable[[int, str], str],
+) -> None:
+    """Refuse the first NaN or infinity in `values`, (rows,) or (rows, len(columns)), in file
+    order. Checked after the conversion to float32, so a value beyond its range, which became
+    infinite there, is caught too. `cell(row, column)` is the text as written, for the message.
+
+    Without this, a NaN in a training row surfaced as "diverged: lower the learning rate", and
+    one in a validation row as a run that completed with val_loss null.
+    """
+    bad = ~torch.isfinite(values)
+    if not bad.any():
+        return
+    # nonzero() lists indices in row-major order: the first is the earliest line, leftmost.
+    first = bad.nonzero()[0].tolist()
+    row, name = first[0], columns[first[1] if len(first) > 1 else 0]
+    text = cell(row, name).strip()
+    reason = (
+        f"is beyond float32's range (±{FLOAT32_MAX:.4g}), in which gradtrain trains"
+        if math.isfinite(float(text))
+        else "is not a finite number; fill in or remove the row"
+    )
+    raise DataError(f"{path}, line {lines[row]}, column '{name}': {_show(text)} {reason}")
+
+
+def _check_labels(
+    path: Path, target: str, class_names: list[str], labels: list[str], lines: list[int]
+) -> None:
+    # Labels are text, but "nan" or "inf" is what a numeric export writes for a missing value.
+    missing = [name for name in class_names if _is_non_finite_number(name)]
+    if missing:
+        row = next(r for r, label in enumerate(labels) if label in missing)
+        raise DataError(
+            f"{path}, line {lines[row]}, column '{target}': {_show(labels[row])} is not a "
+            "finite number, so it marks a missing label rather than a class; fill in or remove "
+            "the row"
+        )
+    if len(class_names) < 2:
+        raise DataError(
+            f"{path}: target column '{target}' has a single class '{class_names[0]}'; "
+            "classification needs at least 2"
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_non_finite_number(text: str) -> bool:
+    return _is_number(text) and not math.isfinite(float(text))
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:

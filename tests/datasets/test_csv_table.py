@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from conftest import TrainResult
+from conftest import QuickRun, TrainResult
 
-from gradtrain.datasets import DataError, load_csv
+from gradtrain.datasets import DataError, InMemoryDataset, load_csv
+from gradtrain.errors import ConfigError
+
+Quick = Callable[..., QuickRun]
 
 
 def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
@@ -193,3 +197,116 @@ def test_train_py_reports_a_latin1_file_in_one_paragraph(
     assert "Traceback" not in result.output
     assert f"gradtrain: {path}, line 3, column 'y': 'caf\\xe9' is not UTF-8" in result.stderr
     assert not (result.run_dir / "summary.json").exists()
+
+
+# ------------------------------------------------------------------------------ headers and cells
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("a,a,y", "line 1: column 'a' appears twice in the header (columns 1 and 2)"),
+        ("a, a,y", "line 1: column 'a' appears twice in the header (columns 1 and 2)"),
+        ("a,y,y", "line 1: column 'y' appears twice in the header (columns 2 and 3)"),
+        ("a,,y", "line 1, column 2: the header gives this column no name"),
+        ("a,y,", "line 1, column 3: the header gives this column no name"),
+    ],
+)
+def test_header_names_every_column_once(tmp_path: Path, header: str, message: str) -> None:
+    path = write(tmp_path, f"{header}\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError) as caught:
+        load_csv(path, target="y")
+    assert f"{path}, {message}" in str(caught.value)
+
+
+def test_a_duplicate_column_is_refused_even_when_unused(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,b,b,y\n1,2,3,4\n5,6,7,8\n")
+    with pytest.raises(DataError, match="column 'b' appears twice"):
+        load_csv(path, target="y", features=["a"])
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (["a", "y"], "dataset.features lists the target 'y'"),
+        (["a", "a"], "dataset.features lists 'a' twice"),
+    ],
+)
+def test_features_that_leak_the_target_or_repeat_are_a_config_error(
+    tmp_path: Path, features: list[str], message: str
+) -> None:
+    path = write(tmp_path, "a,b,y\n1,2,3\n4,5,6\n")
+    with pytest.raises(ConfigError) as caught:
+        load_csv(path, target="y", features=features)
+    assert caught.value.exit_code == 2
+    assert message in str(caught.value) and str(path) in str(caught.value)
+    assert "a, b" in str(caught.value)  # the columns there are to choose from
+
+
+def test_an_unknown_feature_names_the_columns_there_are(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,b,y\n1,2,3\n")
+    with pytest.raises(DataError, match=r"no column 'q' \(feature\); columns are: a, b, y"):
+        load_csv(path, target="y", features=["a", "q"])
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [
+        ("nan", "is not a finite number"),
+        ("NaN", "is not a finite number"),
+        ("inf", "is not a finite number"),
+        ("-Infinity", "is not a finite number"),
+        ("1e400", "is not a finite number"),  # too big even for Python's float64
+        ("1e39", "is beyond float32's range"),
+        ("-3.5e38", "is beyond float32's range"),
+    ],
+)
+@pytest.mark.parametrize("column", ["a", "y"])
+def test_non_finite_and_float32_overflowing_cells_are_refused(
+    tmp_path: Path, cell: str, reason: str, column: str
+) -> None:
+    row = f"{cell},3" if column == "a" else f"3,{cell}"
+    path = write(tmp_path, f"a,y\n1,2\n{row}\n4,5\n")
+    with pytest.raises(DataError) as caught:
+        load_csv(path, target="y")
+    assert f"{path}, line 3, column '{column}': '{cell}' {reason}" in str(caught.value)
+
+
+def test_the_largest_float32_and_underflow_to_zero_are_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,y\n3.4e38,1\n1e-50,2\n")
+    data = load_csv(path, target="y")
+    assert data.dataset.inputs[:, 0].tolist() == [pytest.approx(3.4e38), 0.0]
+
+
+def test_the_first_bad_cell_in_file_order_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "a,b,y\n1,2,3\n1,nan,3\ninf,2,3\n")
+    with pytest.raises(DataError, match=r"line 3, column 'b': 'nan'"):
+        load_csv(path, target="y")
+
+
+@pytest.mark.parametrize("label", ["nan", "NaN", "inf"])
+def test_a_missing_value_marker_is_not_a_class(tmp_path: Path, label: str) -> None:
+    path = write(tmp_path, f"x,label\n1,0\n2,{label}\n3,1\n")
+    with pytest.raises(DataError, match=rf"line 3, column 'label': '{label}' is not a finite"):
+        load_csv(path, target="label", task="classification")
+
+
+@pytest.mark.parametrize("split", ["training", "validation"])
+def test_a_non_finite_cell_stops_the_run_before_training(
+    quick_run: Quick, quick_config: Callable[..., dict[str, Any]], tmp_path: Path, split: str
+) -> None:
+    """Before: a NaN in a training row "diverged" (lower the learning rate), and one in a
+    validation row completed with val_loss null."""
+    overrides = ["experiment=csv_regression", "dataset.target=y"]
+    cfg = quick_config(*overrides, "dataset.path=x")
+    rows = torch.arange(20.0)  # row i holds the value i, so the split says which rows it took
+    train_rows, val_rows = InMemoryDataset(rows[:, None], rows).split(
+        cfg["dataset"]["val_fraction"], seed=cfg["seed"]
+    )
+    row = int((train_rows if split == "training" else val_rows).targets[0])
+    lines = [f"{i},{2 * i}" if i != row else "nan,1" for i in range(20)]
+    path = write(tmp_path, "a,y\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError) as caught:
+        quick_run(*overrides, f"dataset.path={path}", run_dir=tmp_path / "run")
+    assert caught.value.exit_code == 1
+    line = row + 2  # the header is line 1
+    assert f"{path}, line {line}, column 'a': 'nan' is not a finite number" in str(caught.value)
+    assert not (tmp_path / "run" / "summary.json").exists()
