@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -24,10 +25,14 @@ from torch import Tensor
 from gradtrain.datasets.tensor import InMemoryDataset
 from gradtrain.errors import ConfigError, DataError
 
+log = logging.getLogger("gradtrain")
+
 # Features and regression targets become float32: a float64 beyond this would become infinite.
 FLOAT32_MAX = torch.finfo(torch.float32).max
 # A message quotes at most this many characters of a cell, so a huge one cannot swamp it.
 SHOWN_CHARACTERS = 40
+# The log line lists every class up to this many; beyond, the first few and the last.
+LISTED_CLASSES = 10
 
 # Stand-ins the reader puts into the text so the csv parser can carry them to a cell, where they
 # are named with their line and column: a NUL byte (csv raises on it before Python 3.11 and
@@ -46,6 +51,16 @@ class CsvData:
     feature_names: list[str]
     # Classification: class index -> the label as written in the file.
     class_names: list[str] = field(default_factory=list)
+
+    def describe_classes(self) -> str:
+        """The classes for a log line: all of them when few, else the first few, "...", the last
+        and the count (a file with a thousand labels once put all of them on one line)."""
+        shown = list(enumerate(self.class_names))
+        if len(shown) > LISTED_CLASSES:
+            shown = [*shown[: LISTED_CLASSES // 2], (-1, ""), shown[-1]]
+        items = ", ".join("..." if i < 0 else f"{i}: {_show(name)}" for i, name in shown)
+        count = len(self.class_names)
+        return "{" + items + "}" + (f" ({count} classes)" if count > LISTED_CLASSES else "")
 
 
 def load_csv(
@@ -337,6 +352,23 @@ def _check_labels(
         raise DataError(
             f"{path}: target column '{target}' has a single class '{class_names[0]}'; "
             "classification needs at least 2"
+        )
+    # About one row per class is what a measurement or an ID looks like, not a class; it is
+    # warned about, not refused (a many-class set can be meant, and no setting could allow it).
+    if len(class_names) > LISTED_CLASSES and 2 * len(class_names) > len(labels):
+        hint = (
+            "they are all numbers: is it dataset.task=regression?"
+            if all(_is_number(name) for name in class_names)
+            else "is it an ID column?"
+        )
+        log.warning(
+            "%s: target '%s' has %d classes in %d rows, so most classes have one row or none "
+            "to train on; %s",
+            path,
+            target,
+            len(class_names),
+            len(labels),
+            hint,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -310,3 +311,53 @@ def test_a_non_finite_cell_stops_the_run_before_training(
     line = row + 2  # the header is line 1
     assert f"{path}, line {line}, column 'a': 'nan' is not a finite number" in str(caught.value)
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# -------------------------------------------------------------------------------------- classes
+def test_many_classes_are_summarised_on_the_log_line(
+    quick_run: Quick, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [f"{i},class{i:04d}" for i in range(1000)]
+    path = write(tmp_path, "a,y\n" + "\n".join(rows * 2) + "\n")
+    with caplog.at_level(logging.INFO, logger="gradtrain"):
+        quick_run(
+            "experiment=csv_regression",
+            f"dataset.path={path}",
+            "dataset.target=y",
+            "dataset.task=classification",
+            "loss=cross_entropy",
+        )
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Classes")]
+    assert line.startswith("Classes of 'y': {0: 'class0000', 1: 'class0001'")
+    assert line.endswith(", ..., 999: 'class0999'} (1000 classes)")
+    assert len(line) < 200
+
+
+def test_few_classes_are_all_listed(tmp_path: Path) -> None:
+    data = load_csv(
+        write(tmp_path, "x,label\n1,dog\n2,cat\n"), target="label", task="classification"
+    )
+    assert data.describe_classes() == "{0: 'cat', 1: 'dog'}"
+
+
+def test_a_target_with_about_one_row_per_class_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [f"{i},{i * 0.37:.2f}" for i in range(300)]
+    path = write(tmp_path, "a,y\n" + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="gradtrain"):
+        load_csv(path, target="y", task="classification")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{path}: target 'y' has 300 classes in 300 rows" in warning
+    assert "dataset.task=regression" in warning
+
+
+def test_classes_with_several_rows_each_are_not_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = [f"{i},{i % 50}" for i in range(300)]
+    with caplog.at_level(logging.WARNING, logger="gradtrain"):
+        load_csv(
+            write(tmp_path, "a,y\n" + "\n".join(rows) + "\n"), target="y", task="classification"
+        )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
