@@ -163,7 +163,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         dataset = table.dataset
         if cfg.task == "classification":
             class_names = table.class_names
-            log.info("Classes of '%s': %s", cfg.target, dict(enumerate(class_names)))
+            log.info("Classes of '%s': %s", cfg.target, table.describe_classes())
 
     train, val = dataset.split(cfg.val_fraction, seed=seed)
     if len(train) == 0:
