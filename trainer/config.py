@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -28,9 +29,16 @@ from gradtrain.errors import ConfigError
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, values never change after validation."""
+    """A config section: unknown keys are errors, values never change after validation.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Every key of every section takes its own type only (`strict`): a boolean is not a number
+    (YAML's `true` as `max_steps=1`), a float is not a count (`n_samples=1e11`), a string is not
+    a number. An int is still a float (YAML writes `lr: 1`). And no float is infinite or NaN
+    (`allow_inf_nan=False`): every float key here means a finite quantity; the ones that can be
+    switched off (`grad_clip`, `tolerance`) say so with null.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -231,10 +239,19 @@ class SGDConfig(StrictModel):
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
+def _list_as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# YAML and the command line have lists, not tuples, and strict validation takes only a tuple for
+# a tuple: the list becomes one first, then its items are checked.
+Betas = Annotated[tuple[Beta, Beta], BeforeValidator(_list_as_tuple)]
+
+
 class AdamConfig(StrictModel):
     name: Literal["adam"]
     lr: PositiveFloat = 1e-3
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    betas: Betas = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.0
 
@@ -242,7 +259,7 @@ class AdamConfig(StrictModel):
 class AdamWConfig(StrictModel):
     name: Literal["adamw"]
     lr: PositiveFloat = 1e-3
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    betas: Betas = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.01
 
@@ -377,8 +394,13 @@ LoggerConfig = Annotated[TensorBoardLoggerConfig | NoLoggerConfig, Field(discrim
 
 
 # ------------------------------------------------------------------------------------------- root
+# torch's generators take 64-bit seeds, but NumPy's (Optuna's TPE sampler, seeded by `seed` in
+# hparams_search=optuna) take 0 .. 2**32 - 1: the range every generator a run seeds accepts.
+MAX_SEED = 2**32 - 1
+
+
 class Config(StrictModel):
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     loss: LossConfig
     model: ModelConfig
     dataset: DatasetConfig
