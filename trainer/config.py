@@ -523,6 +523,25 @@ def _lbfgs_does_not_accumulate(optimizer: OptimizerConfig, trainer: TrainerConfi
     return []
 
 
+def _monitor_is_reported(trainer: TrainerConfig, dataset: DatasetConfig) -> list[str]:
+    # Said now, not when the summary is written after training. (A share too small to hold a
+    # row is known once the data is: build.py checks that.)
+    if trainer.monitor != "val_loss":
+        return []
+    val_fraction = getattr(dataset, "val_fraction", 0.0)
+    if dataset.name != "none" and val_fraction > 0:
+        return []
+    why = (
+        "dataset=none has no data"
+        if dataset.name == "none"
+        else f"dataset.val_fraction={val_fraction:g} holds out no rows"
+    )
+    return [
+        f"trainer.monitor=val_loss needs validation data, but {why}; set dataset.val_fraction "
+        "(e.g. 0.2) on a dataset, or trainer.monitor=final_loss, best_loss or null"
+    ]
+
+
 _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _loss_fits_data,
     _model_fits_data,
@@ -531,6 +550,7 @@ _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _rosenbrock_has_two_parameters,
     _lbfgs_gets_one_batch,
     _lbfgs_does_not_accumulate,
+    _monitor_is_reported,
 )
 
 

@@ -335,3 +335,30 @@ def test_yaml_values_still_validate_as_their_types(composed: Callable[..., dict[
     assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
     assert cfg.optimizer.betas == (0.8, 0.9)
     assert cfg.seed == 2**32 - 1
+
+
+# --------------------------------------------------------------------------- trainer.monitor
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=linear_regression", "trainer.monitor=val_loss"],
+        ["experiment=logistic_regression", "dataset.val_fraction=0", "trainer.monitor=val_loss"],
+        ["trainer.monitor=val_loss"],  # dataset=none
+    ],
+)
+def test_monitoring_val_loss_without_validation_data_is_refused(
+    composed: Callable[..., dict[str, Any]], overrides: list[str]
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(
+        problem.startswith("trainer.monitor=val_loss needs validation data")
+        and "dataset.val_fraction" in problem
+        for problem in problems
+    ), problems
+
+
+def test_monitoring_val_loss_with_validation_data_is_fine(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    cfg = validate_config(composed("experiment=logistic_regression", "trainer.monitor=val_loss"))
+    assert cfg.trainer.monitor == "val_loss"
