@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
@@ -189,18 +189,14 @@ class ClassificationDatasetConfig(LoaderSettings):
 
 class CsvDatasetConfig(LoaderSettings):
     name: Literal["csv"]
-    path: str
-    target: str
+    # Mandatory (??? in configs/dataset/csv.yaml); the examples are what a missing one's message
+    # suggests.
+    path: str = Field(min_length=1, examples=["data.csv"])
+    target: str = Field(min_length=1, examples=["price"])
     features: list[str] | None = None  # null: every column but the target
     task: Literal["regression", "classification"] = "regression"
     standardize: bool = True
     delimiter: str = Field(default=",", min_length=1, max_length=1)
-
-    @model_validator(mode="after")
-    def _path_given(self) -> CsvDatasetConfig:
-        if self.path in ("", "???"):
-            raise ValueError("dataset.path is required: add dataset.path=/path/to/file.csv")
-        return self
 
 
 DatasetConfig = Annotated[
@@ -595,35 +591,92 @@ def _describe(error: Any, raw: Mapping[str, Any]) -> str:
 
 
 def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:
-    model: type[BaseModel] | None = Config if not section else None
-    if section in _UNION_SECTIONS:
-        chosen = raw.get(section)
-        name = chosen.get("name") if isinstance(chosen, Mapping) else None
-        model = section_options(section).get(name) if isinstance(name, str) else None
-    elif section == "trainer":
-        model = TrainerConfig
+    model = _section_model(section, raw)
     if model is None:
         return ""
     return f"; allowed keys: {', '.join(model.model_fields)}"
 
 
+def _section_model(section: str, raw: Mapping[str, Any]) -> type[BaseModel] | None:
+    """The model whose fields a section's keys are ("" is the top level), or None."""
+    if not section:
+        return Config
+    if section == "trainer":
+        return TrainerConfig
+    if section in _UNION_SECTIONS:
+        chosen = raw.get(section)
+        name = chosen.get("name") if isinstance(chosen, Mapping) else None
+        return section_options(section).get(name) if isinstance(name, str) else None
+    return None
+
+
+# ------------------------------------------------------------------------ mandatory values
+# OmegaConf's marker for a value the user must give (`path: ???` in configs/dataset/csv.yaml).
+# `OmegaConf.to_container` keeps it as this string, which would otherwise pass as a file name or
+# a column name and fail later with a message about '???'.
+MISSING = "???"
+
+
+def _missing_keys(raw: Mapping[str, Any] | list[Any], prefix: str = "") -> Iterator[str]:
+    """The dotted key of every value left at MISSING, in the config's order."""
+    items = raw.items() if isinstance(raw, Mapping) else enumerate(raw)
+    for key, value in items:
+        if isinstance(value, str) and value == MISSING:
+            yield f"{prefix}{key}"
+        elif isinstance(value, Mapping | list):
+            yield from _missing_keys(value, f"{prefix}{key}.")
+
+
+def _without_missing(raw: Any) -> Any:
+    """`raw` without its MISSING values: each is then what it is, a key not given."""
+    if isinstance(raw, Mapping):
+        return {k: _without_missing(v) for k, v in raw.items() if v != MISSING}
+    if isinstance(raw, list):
+        return [_without_missing(v) for v in raw]
+    return raw
+
+
+def _missing_problem(key: str, raw: Mapping[str, Any]) -> str:
+    section, _, name = key.rpartition(".")
+    model = _section_model(section, raw)
+    field = model.model_fields.get(name) if model is not None else None
+    example = field.examples[0] if field is not None and field.examples else "<value>"
+    return (
+        f"{key}: no value given (the config leaves it {MISSING}); add it to the command, "
+        f"e.g. {key}={example}"
+    )
+
+
 def validate_config(raw: Mapping[str, Any]) -> Config:
     """Validate a composed config (plain dicts and lists) or raise one ConfigError listing all
-    problems by key: each field's, then the cross-group ones among the sections that validated."""
+    problems by key: mandatory values left out, each field's, then the cross-group ones among
+    the sections that validated."""
+    missing = list(_missing_keys(raw))
+    given = _without_missing(raw)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(given)
     except ValidationError as exc:
         errors = exc.errors()
+    else:
+        if not missing:
+            return config
+        errors = []  # (a key left MISSING that has a default: still the user's to give)
     # Errors with a key are the fields'. Pydantic runs the cross-group checks (Config's model
     # validator, the error without a key) only when every field validated, so they run here
     # again, over every section that did: a typo in one place must not hide a wrong combination.
-    field_errors = [error for error in errors if error["loc"]]
-    failed = {error["loc"][0] for error in field_errors}
+    # A MISSING key is reported as such, not again as pydantic's "Field required".
+    field_errors = [
+        error
+        for error in errors
+        if error["loc"] and _error_key(tuple(error["loc"]), given) not in missing
+    ]
+    failed = {error["loc"][0] for error in field_errors} | {k.split(".")[0] for k in missing}
     # (A required key left out is an error under its own name, so it is in `failed`.)
     valid = {
-        name: _validate_section(name, raw) for name in Config.model_fields if name not in failed
+        name: _validate_section(name, given) for name in Config.model_fields if name not in failed
     }
-    problems = [_describe(error, raw) for error in field_errors]
+    problems = [_missing_problem(key, given) for key in missing]
+    problems += [_describe(error, given) for error in field_errors]
     raise ConfigError(problems + compatibility_problems(valid))
 
 

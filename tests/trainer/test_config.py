@@ -168,7 +168,7 @@ def problems_for(raw: dict[str, Any]) -> list[str]:
             "model=logistic needs a classification",
         ),
         (["experiment=linear_regression", "optimizer=lbfgs"], "set dataset.batch_size=null"),
-        (["experiment=csv_regression", "dataset.target=y"], "dataset.path is required"),
+        (["experiment=csv_regression", "dataset.target=y"], "dataset.path: no value given"),
         (
             ["dataset=classification", "dataset.shape=moons", "dataset.n_classes=3"],
             "dataset.shape=moons needs dataset.n_features=2 and n_classes=2",
@@ -362,3 +362,24 @@ def test_monitoring_val_loss_with_validation_data_is_fine(
 ) -> None:
     cfg = validate_config(composed("experiment=logistic_regression", "trainer.monitor=val_loss"))
     assert cfg.trainer.monitor == "val_loss"
+
+
+# ----------------------------------------------------------------------- mandatory values
+def test_every_mandatory_value_left_out_is_named_with_how_to_give_it(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(composed("experiment=csv_regression"))
+    assert len(problems) == 2, problems
+    path, target = problems
+    assert path.startswith("dataset.path: no value given") and "dataset.path=" in path
+    assert target.startswith("dataset.target: no value given") and "dataset.target=" in target
+
+
+def test_a_mandatory_value_left_out_is_reported_beside_other_problems(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(
+        composed("experiment=csv_regression", "dataset.path=x.csv", "optimizer.lr=-1")
+    )
+    keys = sorted(problem.split(":")[0] for problem in problems)
+    assert keys == ["dataset.target", "optimizer.lr"]
