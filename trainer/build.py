@@ -36,7 +36,7 @@ from gradtrain.distributed import (
     world_size,
     wrap_model,
 )
-from gradtrain.errors import GradtrainError
+from gradtrain.errors import ConfigError, GradtrainError
 from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
 from gradtrain.losses import LOSSES, ParameterLoss
@@ -70,7 +70,7 @@ class Components:
     scheduler: LRScheduler | None
     data: Data
     device: torch.device
-    parameter_stats: ParameterStats | None
+    parameter_stats: ParameterStats | None = None  # (needs the sink: see build_parameter_stats)
 
     @property
     def module(self) -> nn.Module:
@@ -78,10 +78,14 @@ class Components:
         return unwrap(self.model)
 
 
-def build(cfg: Config, sink: MetricSink) -> Components:
+def build(cfg: Config, sink: MetricSink | None = None) -> Components:
     """The model, loss, optimizer, scheduler and data of a validated config (the seed is set by
     the caller). Under torchrun (the process group already joined) the model is wrapped in
-    DistributedDataParallel and each process loads its shard of the data."""
+    DistributedDataParallel and each process loads its shard of the data.
+
+    Everything that can refuse the config once the data is known (a CSV, sizes, an epoch
+    without a batch) happens here, so `run` calls this before it writes anything; the
+    parameter statistics, which write into the sink, come with a sink only."""
     if is_distributed() and cfg.optimizer.name == "lbfgs":
         # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
         # ranks would disagree on the number of backward passes (and all-reduces) and hang.
@@ -100,7 +104,7 @@ def build(cfg: Config, sink: MetricSink) -> Components:
         scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
         data=data,
         device=device,
-        parameter_stats=build_parameter_stats(cfg.logger, sink, model),
+        parameter_stats=None if sink is None else build_parameter_stats(cfg.logger, sink, model),
     )
 
 
@@ -167,8 +171,11 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
 
     train, val = dataset.split(cfg.val_fraction, seed=seed)
     if len(train) == 0:
-        raise GradtrainError(
-            f"dataset.val_fraction={cfg.val_fraction} leaves no training rows of {len(dataset)}"
+        raise ConfigError(
+            [
+                f"dataset.val_fraction={cfg.val_fraction:g} leaves no training rows of "
+                f"{len(dataset)}; lower it"
+            ]
         )
     if isinstance(cfg, CsvDatasetConfig) and cfg.standardize:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation

@@ -1,0 +1,45 @@
+"""build.py: from a validated config to the pieces of a run, refusing what cannot train before
+anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import QuickRun
+
+from gradtrain.errors import ConfigError, GradtrainError
+
+Quick = Callable[..., QuickRun]
+
+
+# ----------------------------------------------------------- refused before anything is written
+def test_a_bad_csv_is_reported_before_the_event_file_is_created(
+    quick_run: Quick, tmp_path: Path
+) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text("a,y\n1,2\n2,x\n")
+    with pytest.raises(GradtrainError, match="is not a number"):
+        quick_run(
+            "experiment=csv_regression",
+            f"dataset.path={path}",
+            "dataset.target=y",
+            "logger=tensorboard",
+            run_dir=tmp_path / "run",
+        )
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_val_fraction_leaving_no_training_rows_is_a_config_error_that_writes_nothing(
+    quick_run: Quick, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"dataset.val_fraction=0.99 leaves no training rows"):
+        quick_run(
+            "experiment=linear_regression",
+            "dataset.n_samples=10",
+            "dataset.val_fraction=0.99",
+            "logger=tensorboard",
+            run_dir=tmp_path / "run",
+        )
+    assert not (tmp_path / "run" / "tensorboard").exists()
