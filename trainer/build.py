@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from gradtrain.config import (
     SchedulerConfig,
     TensorBoardLoggerConfig,
     VectorModelConfig,
+    memory_report,
 )
 from gradtrain.distributed import (
     is_distributed,
@@ -92,9 +95,10 @@ def build(cfg: Config, sink: MetricSink | None = None) -> Components:
         raise GradtrainError("optimizer=lbfgs is full-batch and cannot run under torchrun")
     device = local_device(resolve_device(cfg.trainer.device))
     loss_fn = build_loss(cfg.loss).to(device)
-    data = build_data(cfg.dataset, seed=cfg.seed)
-    model = build_model(cfg, loss_fn, data).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model)
+    with _refused_if_out_of_memory(cfg):
+        data = build_data(cfg.dataset, seed=cfg.seed)
+        model = build_model(cfg, loss_fn, data).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model)
     batches_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
     steps = total_steps(cfg.trainer, batches_per_epoch)
     return Components(
@@ -106,6 +110,26 @@ def build(cfg: Config, sink: MetricSink | None = None) -> Components:
         device=device,
         parameter_stats=None if sink is None else build_parameter_stats(cfg.logger, sink, model),
     )
+
+
+@contextlib.contextmanager
+def _refused_if_out_of_memory(cfg: Config) -> Iterator[None]:
+    """An allocation that fails (a size config.py's lower-bound estimate let through, or the
+    device's memory) becomes a message naming the keys that size the run."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        # torch says "DefaultCPUAllocator: can't allocate memory" on the CPU and raises
+        # torch.OutOfMemoryError (a RuntimeError) on CUDA; other RuntimeErrors are not this.
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not isinstance(error, MemoryError | torch.OutOfMemoryError) and not any(
+            words in first_line for words in ("can't allocate memory", "out of memory")
+        ):
+            raise
+        raise GradtrainError(
+            f"Not enough memory to build this run ({first_line}). "
+            f"{memory_report(cfg.model, cfg.dataset, cfg.optimizer)}; make it smaller"
+        ) from None
 
 
 def build_trainer(

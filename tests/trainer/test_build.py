@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from conftest import QuickRun
 
 from gradtrain.errors import ConfigError, GradtrainError
@@ -42,4 +44,27 @@ def test_val_fraction_leaving_no_training_rows_is_a_config_error_that_writes_not
             "logger=tensorboard",
             run_dir=tmp_path / "run",
         )
+    assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_an_allocation_that_fails_names_the_keys_that_size_it(
+    quick_run: Quick, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the estimate in config.py lets through (it counts lower bounds) can still fail in
+    # torch's allocator; that too is a message naming the sizes, not a traceback.
+    from gradtrain.datasets import synthetic
+
+    def no_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 4000000000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(synthetic.torch, "randn", no_memory)
+    with pytest.raises(GradtrainError) as caught:
+        quick_run("experiment=linear_regression", "logger=tensorboard", run_dir=tmp_path / "run")
+    message = str(caught.value)
+    assert message.startswith("Not enough memory to build this run")
+    assert "dataset.n_samples=1024 x dataset.n_features=8" in message
+    assert "you tried to allocate 4000000000 bytes" in message
     assert not (tmp_path / "run" / "tensorboard").exists()

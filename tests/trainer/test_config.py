@@ -364,6 +364,46 @@ def test_monitoring_val_loss_with_validation_data_is_fine(
     assert cfg.trainer.monitor == "val_loss"
 
 
+# ---------------------------------------------------------------------- sizes beyond memory
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.size=100000000000"], "model.size=100000000000"),
+        (
+            ["experiment=linear_regression", "dataset.n_samples=100000000000"],
+            "dataset.n_samples=100000000000",
+        ),
+        (
+            ["experiment=mlp_classification", "model.hidden_sizes=[200000,200000]"],
+            "model.hidden_sizes=[200000, 200000]",
+        ),
+        (["model.init=null", "model.size=100000000000", "optimizer=adam"], "model.size"),
+    ],
+)
+def test_sizes_beyond_this_machines_memory_are_refused_by_key(
+    composed: Callable[..., dict[str, Any]], overrides: list[str], key: str
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(key in problem and "memory" in problem for problem in problems), problems
+
+
+def test_the_memory_estimate_counts_weights_gradients_optimizer_state_and_data(
+    composed: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradtrain import config
+
+    cfg = validate_config(composed("experiment=linear_regression", "optimizer=adam"))
+    # nn.Linear(8, 1): 9 parameters; weights, gradients and Adam's two moments: 4 copies.
+    # The data: 1024 rows of 8 float32 features and a float32 target, and their split.
+    needed = config.memory_needed(cfg.model, cfg.dataset, cfg.optimizer)
+    assert needed == {"model": 9 * 4 * 4, "dataset": 2 * 1024 * 9 * 4}
+    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16 - 1)
+    (problem,) = problems_for(composed("experiment=linear_regression", "optimizer=adam"))
+    assert problem.startswith("dataset.n_samples=1024 x dataset.n_features=8 needs at least")
+    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16)
+    validate_config(composed("experiment=linear_regression", "optimizer=adam"))
+
+
 # ----------------------------------------------------------------------- mandatory values
 def test_every_mandatory_value_left_out_is_named_with_how_to_give_it(
     composed: Callable[..., dict[str, Any]],
