@@ -213,7 +213,8 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             num_workers=cfg.num_workers,
             seed=seed,
             pin_memory=cfg.pin_memory,
-            drop_last=cfg.drop_last and shuffle,
+            # Training only, shuffled or not; validation evaluates every held-out row.
+            drop_last=cfg.drop_last and train,
             # Under torchrun, this process's share of the rows; training shards are equal.
             num_replicas=world_size(),
             rank=rank(),

@@ -11,9 +11,34 @@ import pytest
 import torch
 from conftest import QuickRun
 
+from gradtrain.build import build_data
+from gradtrain.config import validate_config
 from gradtrain.errors import ConfigError, GradtrainError
 
 Quick = Callable[..., QuickRun]
+Compose = Callable[..., dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------ drop_last
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_drop_last_drops_the_short_training_batch_whatever_shuffle_says(
+    composed: Compose, shuffle: bool
+) -> None:
+    cfg = validate_config(
+        composed(
+            "experiment=linear_regression",
+            "dataset.n_samples=100",
+            "dataset.batch_size=32",
+            "dataset.val_fraction=0.3",
+            "dataset.drop_last=true",
+            f"dataset.shuffle={str(shuffle).lower()}",
+        )
+    )
+    data = build_data(cfg.dataset, seed=0)
+    assert data.train_loader is not None and data.val_loader is not None
+    assert [len(targets) for _, targets in data.train_loader] == [32, 32]  # 70 rows: 6 dropped
+    # Validation never drops: every held-out row is evaluated.
+    assert sum(len(targets) for _, targets in data.val_loader) == 30
 
 
 # ----------------------------------------------------------- refused before anything is written
