@@ -97,6 +97,9 @@ def build(cfg: Config, sink: MetricSink | None = None) -> Components:
     loss_fn = build_loss(cfg.loss).to(device)
     with _refused_if_out_of_memory(cfg):
         data = build_data(cfg.dataset, seed=cfg.seed)
+        problems = data_problems(cfg, data)
+        if problems:
+            raise ConfigError(problems)
         model = build_model(cfg, loss_fn, data).to(device)
         optimizer = build_optimizer(cfg.optimizer, model)
     batches_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
@@ -130,6 +133,54 @@ def _refused_if_out_of_memory(cfg: Config) -> Iterator[None]:
             f"Not enough memory to build this run ({first_line}). "
             f"{memory_report(cfg.model, cfg.dataset, cfg.optimizer)}; make it smaller"
         ) from None
+
+
+def data_problems(cfg: Config, data: Data) -> list[str]:
+    """What the config asks of the data that the data, once made or read, cannot give: each
+    a line of a ConfigError."""
+    problems = []
+    loader = data.train_loader
+    if loader is not None and len(loader) == 0:
+        problems.append(_no_batch_problem(cfg.dataset, loader))
+    if cfg.trainer.monitor == "val_loss" and loader is not None and data.val_loader is None:
+        fraction = getattr(cfg.dataset, "val_fraction", 0.0)
+        rows = len(loader.dataset)  # type: ignore[arg-type]
+        problems.append(
+            f"trainer.monitor=val_loss needs validation rows, but dataset.val_fraction="
+            f"{fraction:g} of {rows} rows holds out none (round({fraction:g} x {rows}) = 0); "
+            "raise dataset.val_fraction, or set trainer.monitor=final_loss, best_loss or null"
+        )
+    return problems
+
+
+def _no_batch_problem(cfg: DatasetConfig, loader: DataLoader[Any]) -> str:
+    """Why an epoch would have no batch: an empty epoch would repeat forever without a step."""
+    rows = len(loader.dataset)  # type: ignore[arg-type]
+    per_process = len(loader.sampler)  # type: ignore[arg-type]  # (this process's shard)
+    batch_size = getattr(cfg, "batch_size", None)
+    drop_last = getattr(cfg, "drop_last", False)
+    val_fraction = getattr(cfg, "val_fraction", 0.0)
+    n_samples = getattr(cfg, "n_samples", None)
+    source = (
+        f" ({n_samples} rows less dataset.val_fraction={val_fraction:g})"
+        if val_fraction > 0 and n_samples is not None
+        else ""
+    )
+    processes = world_size()
+    shard = (
+        f", {per_process} for each of {processes} processes (torchrun)," if processes > 1 else ""
+    )
+    fix = (
+        f"set dataset.drop_last=false or dataset.batch_size<={per_process}"
+        if per_process > 0
+        else "set dataset.drop_last=false, or run fewer processes"
+    )
+    return (
+        f"dataset.batch_size={batch_size} with dataset.drop_last={str(drop_last).lower()} "
+        f"leaves an epoch with no batch, so training would never take a step: {rows} training "
+        f"rows{source}{shard} are fewer than one batch, and drop_last drops the incomplete "
+        f"one; {fix}"
+    )
 
 
 def build_trainer(
