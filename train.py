@@ -8,6 +8,7 @@ torchrun --nproc_per_node=2 train.py experiment=linear_regression   (README: Sca
 
 from __future__ import annotations
 
+import functools
 import gc
 import getpass
 import logging
@@ -15,11 +16,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gradtrain.sweeps.summary import sweep_exit_status
 
@@ -59,6 +62,56 @@ def main(cfg: DictConfig) -> float | None:
     return monitored_value(summary)
 
 
+def _screen_hydra_keys() -> None:
+    """Check the `hydra` node of every composed config before Hydra acts on it.
+
+    Hydra creates objects the config names under `hydra.*` (callbacks, a launcher's or a
+    sweeper's arguments, logging factories: any importable callable), right after composing and
+    before `main` or anything else of gradtrain runs; a config file (or an override such as
+    `+hydra.callbacks.x={_target_:...}`) could reach any object through them. gradtrain lets a
+    config name its own objects only (`gradtrain.config.hydra_config_problems`), so Hydra's
+    config loader, which every composition goes through, is wrapped to refuse the rest first:
+    exit 2, before Hydra has configured logging or made the run folder.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    load = ConfigLoaderImpl.load_configuration
+
+    @functools.wraps(load)
+    def screened(self: ConfigLoaderImpl, *args: Any, **kwargs: Any) -> DictConfig:
+        cfg = load(self, *args, **kwargs)
+        _exit_on_foreign_objects(cfg.hydra)
+        return cfg
+
+    ConfigLoaderImpl.load_configuration = screened  # type: ignore[method-assign]
+
+
+def _exit_on_foreign_objects(hydra_node: DictConfig) -> None:
+    """Exit 2 naming each object the `hydra` node names that is not gradtrain's to allow."""
+    from gradtrain.config import hydra_config_problems
+    from gradtrain.errors import ConfigError
+
+    problems = hydra_config_problems(_plain(hydra_node))
+    if problems:
+        print(f"{_who()}: {ConfigError(problems)}", file=sys.stderr)
+        sys.exit(ConfigError.exit_code)
+
+
+def _plain(node: Any) -> Any:
+    """`node` as dicts and lists, each interpolation resolved where it can be now; one that
+    cannot yet (Hydra fills in `hydra.job.num`, `hydra.runtime.output_dir` when a job starts)
+    stays as its text (those are paths, names and numbers)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    plain = {}
+    for key in keys:
+        try:
+            value = node[key]
+        except OmegaConfBaseException:  # (an interpolation of a value Hydra sets later)
+            value = OmegaConf.to_container(node, resolve=False)[key]  # type: ignore[index]
+        plain[key] = _plain(value) if isinstance(value, DictConfig | ListConfig) else value
+    return plain if isinstance(node, DictConfig) else list(plain.values())
+
+
 def _who() -> str:
     """`gradtrain`, or under torchrun `gradtrain (rank R of N)`: which process is speaking."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -87,6 +140,7 @@ def _quiet_worker_overrides() -> list[str]:
 
 if __name__ == "__main__":
     sys.argv += _quiet_worker_overrides()
+    _screen_hydra_keys()
     main()
     # Every file the run writes is closed by now (logging's handlers close at exit). Exempt the
     # objects torch, Hydra and pydantic created from the interpreter's final garbage collection,

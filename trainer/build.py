@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from gradtrain.config import (
     SchedulerConfig,
     TensorBoardLoggerConfig,
     VectorModelConfig,
+    memory_report,
 )
 from gradtrain.distributed import (
     is_distributed,
@@ -36,7 +39,7 @@ from gradtrain.distributed import (
     world_size,
     wrap_model,
 )
-from gradtrain.errors import GradtrainError
+from gradtrain.errors import ConfigError, GradtrainError
 from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
 from gradtrain.losses import LOSSES, ParameterLoss
@@ -70,7 +73,7 @@ class Components:
     scheduler: LRScheduler | None
     data: Data
     device: torch.device
-    parameter_stats: ParameterStats | None
+    parameter_stats: ParameterStats | None = None  # (needs the sink: see build_parameter_stats)
 
     @property
     def module(self) -> nn.Module:
@@ -78,19 +81,27 @@ class Components:
         return unwrap(self.model)
 
 
-def build(cfg: Config, sink: MetricSink) -> Components:
+def build(cfg: Config, sink: MetricSink | None = None) -> Components:
     """The model, loss, optimizer, scheduler and data of a validated config (the seed is set by
     the caller). Under torchrun (the process group already joined) the model is wrapped in
-    DistributedDataParallel and each process loads its shard of the data."""
+    DistributedDataParallel and each process loads its shard of the data.
+
+    Everything that can refuse the config once the data is known (a CSV, sizes, an epoch
+    without a batch) happens here, so `run` calls this before it writes anything; the
+    parameter statistics, which write into the sink, come with a sink only."""
     if is_distributed() and cfg.optimizer.name == "lbfgs":
         # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
         # ranks would disagree on the number of backward passes (and all-reduces) and hang.
         raise GradtrainError("optimizer=lbfgs is full-batch and cannot run under torchrun")
     device = local_device(resolve_device(cfg.trainer.device))
     loss_fn = build_loss(cfg.loss).to(device)
-    data = build_data(cfg.dataset, seed=cfg.seed)
-    model = build_model(cfg, loss_fn, data).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model)
+    with _refused_if_out_of_memory(cfg):
+        data = build_data(cfg.dataset, seed=cfg.seed)
+        problems = data_problems(cfg, data)
+        if problems:
+            raise ConfigError(problems)
+        model = build_model(cfg, loss_fn, data).to(device)
+        optimizer = build_optimizer(cfg.optimizer, model)
     batches_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
     steps = total_steps(cfg.trainer, batches_per_epoch)
     return Components(
@@ -100,7 +111,75 @@ def build(cfg: Config, sink: MetricSink) -> Components:
         scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
         data=data,
         device=device,
-        parameter_stats=build_parameter_stats(cfg.logger, sink, model),
+        parameter_stats=None if sink is None else build_parameter_stats(cfg.logger, sink, model),
+    )
+
+
+@contextlib.contextmanager
+def _refused_if_out_of_memory(cfg: Config) -> Iterator[None]:
+    """An allocation that fails (a size config.py's lower-bound estimate let through, or the
+    device's memory) becomes a message naming the keys that size the run."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        # torch says "DefaultCPUAllocator: can't allocate memory" on the CPU and raises
+        # torch.OutOfMemoryError (a RuntimeError) on CUDA; other RuntimeErrors are not this.
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if not isinstance(error, MemoryError | torch.OutOfMemoryError) and not any(
+            words in first_line for words in ("can't allocate memory", "out of memory")
+        ):
+            raise
+        raise GradtrainError(
+            f"Not enough memory to build this run ({first_line}). "
+            f"{memory_report(cfg.model, cfg.dataset, cfg.optimizer)}; make it smaller"
+        ) from None
+
+
+def data_problems(cfg: Config, data: Data) -> list[str]:
+    """What the config asks of the data that the data, once made or read, cannot give: each
+    a line of a ConfigError."""
+    problems = []
+    loader = data.train_loader
+    if loader is not None and len(loader) == 0:
+        problems.append(_no_batch_problem(cfg.dataset, loader))
+    if cfg.trainer.monitor == "val_loss" and loader is not None and data.val_loader is None:
+        fraction = getattr(cfg.dataset, "val_fraction", 0.0)
+        rows = len(loader.dataset)  # type: ignore[arg-type]
+        problems.append(
+            f"trainer.monitor=val_loss needs validation rows, but dataset.val_fraction="
+            f"{fraction:g} of {rows} rows holds out none (round({fraction:g} x {rows}) = 0); "
+            "raise dataset.val_fraction, or set trainer.monitor=final_loss, best_loss or null"
+        )
+    return problems
+
+
+def _no_batch_problem(cfg: DatasetConfig, loader: DataLoader[Any]) -> str:
+    """Why an epoch would have no batch: an empty epoch would repeat forever without a step."""
+    rows = len(loader.dataset)  # type: ignore[arg-type]
+    per_process = len(loader.sampler)  # type: ignore[arg-type]  # (this process's shard)
+    batch_size = getattr(cfg, "batch_size", None)
+    drop_last = getattr(cfg, "drop_last", False)
+    val_fraction = getattr(cfg, "val_fraction", 0.0)
+    n_samples = getattr(cfg, "n_samples", None)
+    source = (
+        f" ({n_samples} rows less dataset.val_fraction={val_fraction:g})"
+        if val_fraction > 0 and n_samples is not None
+        else ""
+    )
+    processes = world_size()
+    shard = (
+        f", {per_process} for each of {processes} processes (torchrun)," if processes > 1 else ""
+    )
+    fix = (
+        f"set dataset.drop_last=false or dataset.batch_size<={per_process}"
+        if per_process > 0
+        else "set dataset.drop_last=false, or run fewer processes"
+    )
+    return (
+        f"dataset.batch_size={batch_size} with dataset.drop_last={str(drop_last).lower()} "
+        f"leaves an epoch with no batch, so training would never take a step: {rows} training "
+        f"rows{source}{shard} are fewer than one batch, and drop_last drops the incomplete "
+        f"one; {fix}"
     )
 
 
@@ -167,8 +246,11 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
 
     train, val = dataset.split(cfg.val_fraction, seed=seed)
     if len(train) == 0:
-        raise GradtrainError(
-            f"dataset.val_fraction={cfg.val_fraction} leaves no training rows of {len(dataset)}"
+        raise ConfigError(
+            [
+                f"dataset.val_fraction={cfg.val_fraction:g} leaves no training rows of "
+                f"{len(dataset)}; lower it"
+            ]
         )
     if isinstance(cfg, CsvDatasetConfig) and cfg.standardize:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation
@@ -182,7 +264,8 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             num_workers=cfg.num_workers,
             seed=seed,
             pin_memory=cfg.pin_memory,
-            drop_last=cfg.drop_last and shuffle,
+            # Training only, shuffled or not; validation evaluates every held-out row.
+            drop_last=cfg.drop_last and train,
             # Under torchrun, this process's share of the rows; training shards are equal.
             num_replicas=world_size(),
             rank=rank(),

@@ -144,6 +144,9 @@ class Trainer:
     ) -> None:
         if train_loader is not None and not isinstance(train_loader, Sized):
             raise TypeError("train_loader must have a length")
+        if train_loader is not None and len(train_loader) == 0:
+            # Epochs of no batch would follow each other forever without a step.
+            raise ValueError("train_loader has no batch: an epoch would never take a step")
         self.model = model
         # Under torchrun `model` is a DistributedDataParallel wrapper: batches go through it
         # (that is what averages the gradients over ranks), while names and weights are the
@@ -290,11 +293,18 @@ class Trainer:
         with progress, anomaly:
             self._stop_reason = self._limit_reached(state.step, state.batch_in_epoch)
             while self._stop_reason is None:
+                where = (state.epoch, state.batch_in_epoch)
                 self._train_epoch(progress)
                 epoch_done = state.batch_in_epoch == self.batches_per_epoch
                 if epoch_done:
                     state.epoch += 1
                     state.batch_in_epoch = 0
+                elif (state.epoch, state.batch_in_epoch) == where and self._stop_reason is None:
+                    # A loader that claims batches but yields none: retrying would spin.
+                    raise RuntimeError(
+                        f"the training data yielded no batch in epoch {state.epoch} "
+                        f"({self.batches_per_epoch} expected)"
+                    )
                 self._end_of_epoch_metrics(epoch_done)
                 # With data, checkpoint each finished epoch; a loss of the parameters alone has
                 # one-step "epochs", checkpointed every checkpoint_every_n_steps and at the end.

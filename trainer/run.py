@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from gradtrain.build import build, build_sink, build_trainer, resolve_device
+from gradtrain.build import (
+    build,
+    build_parameter_stats,
+    build_sink,
+    build_trainer,
+    resolve_device,
+)
 from gradtrain.checkpoint import (
     LAST,
     CheckpointWriter,
@@ -78,6 +84,9 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
     # Every rank loads the checkpoint itself (on several nodes: from a shared file system).
     checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
     seed_everything(cfg.seed)
+    # Built before anything is written: what refuses the config only once the data is known (a
+    # CSV, a size, an epoch without a batch) leaves the run folder as it was.
+    parts = build(cfg)
     checkpointer: CheckpointWriter | NullCheckpointWriter | None = None
     if cfg.trainer.save_checkpoints:
         checkpointer = (
@@ -94,6 +103,7 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
         if main
         else NullSink()
     )
+    parts.parameter_stats = build_parameter_stats(cfg.logger, sink, parts.module)
     stop = SignalStop()
     device = local_device(resolve_device(cfg.trainer.device))
     stop_request = (
@@ -102,7 +112,6 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
         else stop
     )
     try:
-        parts = build(cfg, sink)
         figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
         trainer = build_trainer(
             cfg,

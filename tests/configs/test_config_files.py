@@ -16,7 +16,13 @@ import pytest
 from omegaconf import OmegaConf
 from pydantic import BaseModel
 
-from gradtrain.config import Config, TrainerConfig, section_options, validate_config
+from gradtrain.config import (
+    Config,
+    TrainerConfig,
+    hydra_config_problems,
+    section_options,
+    validate_config,
+)
 from gradtrain.losses import LOSSES
 from gradtrain.models import MODELS
 from gradtrain.optim import OPTIMIZERS
@@ -120,3 +126,133 @@ def test_drift_check_names_each_key_that_disagrees() -> None:
         "lr is 0.01 but the schema says 0.1",
         "weight_decay is missing (the schema says 0.0)",
     ]
+
+
+# ---------------------------------------------------------------------- Hydra's own keys
+def _hydra_node(*overrides: str) -> dict[str, Any]:
+    """The composed `hydra` node as train.py screens it (interpolations of values Hydra sets
+    only when a job starts stay as text)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("gradtrain.configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return _plain(cfg.hydra)
+
+
+def _plain(node: Any) -> Any:
+    # (train.py's _plain; train.py is a script, not importable from the package)
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    plain = {}
+    for key in keys:
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            value = OmegaConf.to_container(node, resolve=False)[key]
+        plain[key] = _plain(value) if isinstance(value, DictConfig | ListConfig) else value
+    return plain if isinstance(node, DictConfig) else list(plain.values())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["hydra/job_logging=stdout"],  # what torchrun's workers other than rank 0 use
+        ["hparams_search=optuna"],  # Optuna's sweeper and its TPE sampler
+        ["hydra/launcher=joblib"],
+    ],
+)
+def test_gradtrains_own_configs_pass_the_screen_of_hydra_keys(overrides: list[str]) -> None:
+    if overrides and overrides[0] != "hydra/job_logging=stdout":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='pip install ".[sweeps]"')
+    assert hydra_config_problems(_hydra_node(*overrides)) == []
+
+
+@pytest.mark.parametrize(
+    ("hydra", "named"),
+    [
+        ({"callbacks": {"x": {"_target_": "builtins.open", "_args_": ["m", "w"]}}}, "callbacks.x"),
+        # gradtrain's, but not a callback
+        (
+            {"callbacks": {"x": {"_target_": "gradtrain.sweeps.summary.write_json_atomic"}}},
+            "callbacks.x",
+        ),
+        # One of gradtrain's callbacks, with an argument Hydra would instantiate first.
+        (
+            {
+                "callbacks": {
+                    "x": {
+                        "_target_": "gradtrain.sweeps.summary.SweepSummary",
+                        "y": {"_target_": "shutil.rmtree", "path": "."},
+                    }
+                }
+            },
+            "callbacks.x",
+        ),
+        ({"callbacks": {"x": "${evil}"}}, "callbacks.x"),  # an interpolation left unresolved
+        (
+            {"launcher": {"_target_": "hydra_plugins.x.Launcher", "y": {"_target_": "os.system"}}},
+            "launcher.y._target_=os.system",
+        ),
+        (
+            {"sweeper": {"sampler": {"_target_": "optuna.samplers._tpe.sampler.np.save"}}},
+            "sweeper.sampler._target_",
+        ),
+        ({"sweeper": {"custom_search_space": "os.system"}}, "sweeper.custom_search_space"),
+        (
+            {"job_logging": {"filters": {"x": {"()": "builtins.open", "file": "m"}}}},
+            "job_logging.filters.x.()=builtins.open",
+        ),
+        (
+            {"hydra_logging": {"handlers": {"x": {"class": "logging.os.system"}}}},
+            "hydra_logging.handlers.x.class=logging.os.system",
+        ),
+    ],
+)
+def test_an_object_hydra_would_create_that_is_not_allowed_is_a_problem_naming_it(
+    hydra: dict[str, Any], named: str
+) -> None:
+    (problem,) = hydra_config_problems(hydra)
+    assert problem.startswith(f"hydra.{named}"), problem
+    assert "gradtrain's own objects" in problem or "logging" in problem
+
+
+def test_a_callback_turned_off_or_a_logging_class_is_fine() -> None:
+    hydra = {
+        "callbacks": {"trajectory_figure": None},
+        "job_logging": {"handlers": {"f": {"class": "logging.handlers.RotatingFileHandler"}}},
+    }
+    assert hydra_config_problems(hydra) == []
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_foreign_callback_before_hydra_instantiates_it(
+    train: Callable[..., Any], tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    result = train(f"+hydra.callbacks.x={{_target_:builtins.open,_args_:[{marker},w]}}")
+    assert result.returncode == 2, result.output
+    assert "gradtrain: Invalid configuration (1 problem)" in result.stderr
+    assert "hydra.callbacks.x: _target_=builtins.open" in result.stderr
+    assert not marker.exists()  # never instantiated
+    assert not result.run_dir.exists()  # Hydra had not made the run folder yet
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_logging_factory_from_a_config_directory(
+    train: Callable[..., Any], tmp_path: Path
+) -> None:
+    # A config file from --config-dir, applied while Hydra composes: before any callback.
+    marker = tmp_path / "marker"
+    group = tmp_path / "mine" / "hydra" / "hydra_logging"
+    group.mkdir(parents=True)
+    (group / "evil.yaml").write_text(
+        "version: 1\nroot: {level: INFO}\n"
+        f"filters: {{x: {{'()': builtins.open, file: '{marker}', mode: w}}}}\n"
+    )
+    result = train(f"--config-dir={tmp_path / 'mine'}", "hydra/hydra_logging=evil")
+    assert result.returncode == 2, result.output
+    assert "hydra.hydra_logging.filters.x.()=builtins.open" in result.stderr
+    assert not marker.exists()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
-from gradtrain.config import Config, TensorBoardLoggerConfig, validate_config
+from gradtrain.config import (
+    Config,
+    TensorBoardLoggerConfig,
+    TrainerConfig,
+    section_options,
+    validate_config,
+)
 from gradtrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -160,7 +168,7 @@ def problems_for(raw: dict[str, Any]) -> list[str]:
             "model=logistic needs a classification",
         ),
         (["experiment=linear_regression", "optimizer=lbfgs"], "set dataset.batch_size=null"),
-        (["experiment=csv_regression", "dataset.target=y"], "dataset.path is required"),
+        (["experiment=csv_regression", "dataset.target=y"], "dataset.path: no value given"),
         (
             ["dataset=classification", "dataset.shape=moons", "dataset.n_classes=3"],
             "dataset.shape=moons needs dataset.n_features=2 and n_classes=2",
@@ -228,3 +236,190 @@ def test_validated_config_is_frozen(composed: Callable[..., dict[str, Any]]) -> 
     cfg = validate_config(composed())
     with pytest.raises(Exception, match="frozen"):
         cfg.optimizer.lr = 1.0  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ values that pass for others
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optimizer.lr=inf"], "optimizer.lr: Input should be a finite number"),
+        (["loss.offset=nan"], "loss.offset: Input should be a finite number"),
+        (["model.init=[1,nan,3]"], "model.init.1: Input should be a finite number"),
+        (
+            ["experiment=logistic_regression", "dataset.spread=inf"],
+            "dataset.spread: Input should be a finite number",
+        ),
+        (["trainer.grad_clip=inf"], "trainer.grad_clip: Input should be a finite number"),
+        (["trainer.tolerance=inf"], "trainer.tolerance: Input should be a finite number"),
+        (
+            ["optimizer=adam", "optimizer.betas=[0.9,nan]"],
+            "optimizer.betas.1: Input should be a finite number",
+        ),
+        # YAML and Hydra write booleans as true/false; one taken as 1 would change the run.
+        (["trainer.max_steps=true"], "trainer.max_steps: Input should be a valid integer"),
+        (["optimizer.lr=true"], "optimizer.lr: Input should be a valid number"),
+        (["explain=1"], "explain: Input should be a valid boolean"),
+        (["trainer.progress_bar=0"], "trainer.progress_bar: Input should be a valid boolean"),
+        # A float for a count: 1e11 would otherwise become the integer it rounds to.
+        (
+            ["experiment=linear_regression", "dataset.n_samples=1e11"],
+            "dataset.n_samples: Input should be a valid integer",
+        ),
+        (["trainer.max_steps=20.0"], "trainer.max_steps: Input should be a valid integer"),
+        # Seeds: NumPy (Optuna's sampler) takes 0 .. 2**32 - 1.
+        (["seed=4294967296"], "seed: Input should be less than or equal to 4294967295"),
+        (["seed=-1"], "seed: Input should be greater than or equal to 0"),
+    ],
+)
+def test_non_finite_and_mistyped_values_are_refused_by_key(
+    composed: Callable[..., dict[str, Any]], overrides: list[str], expected: str
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(problem.startswith(expected) for problem in problems), problems
+
+
+def _schema_models() -> list[type[BaseModel]]:
+    """Every model of the schema: Config, each section's options, the trainer."""
+    models: list[type[BaseModel]] = [Config, TrainerConfig]
+    for section in ("loss", "model", "dataset", "optimizer", "scheduler", "logger"):
+        models += section_options(section).values()
+    return models
+
+
+def _field_kinds(annotation: Any) -> set[type]:
+    """The scalar types a field's annotation admits (through Optional, Annotated, list, tuple)."""
+    if annotation in (int, float, bool, str):
+        return {annotation}
+    return set().union(*(_field_kinds(arg) for arg in get_args(annotation)), set())
+
+
+@pytest.mark.parametrize("model", _schema_models(), ids=lambda model: model.__name__)
+def test_no_key_of_the_schema_takes_a_non_finite_float_or_a_boolean_for_a_number(
+    model: type[BaseModel],
+) -> None:
+    # The rule holds for the schema as a whole (StrictModel), not field by field: a key added
+    # tomorrow gets it too.
+    for name, field in model.model_fields.items():
+        kinds = _field_kinds(field.annotation)
+        if float in kinds:
+            for bad in (math.inf, -math.inf, math.nan):
+                assert _refused(model, name, bad), f"{model.__name__}.{name} took {bad}"
+        if int in kinds or float in kinds:
+            assert _refused(model, name, True), f"{model.__name__}.{name} took True"
+        if bool in kinds:
+            assert _refused(model, name, 1), f"{model.__name__}.{name} took 1"
+
+
+def _refused(model: type[BaseModel], name: str, value: Any) -> bool:
+    annotation = model.model_fields[name].annotation
+    is_list = get_origin(annotation) is list or list in map(get_origin, get_args(annotation))
+    is_pair = "tuple" in str(annotation)
+    given = [value, value] if (is_list or is_pair) else value
+    try:
+        model.model_validate({"name": _option_name(model), name: given})
+    except ValidationError as error:
+        return any(error_["loc"][0] == name for error_ in error.errors())
+    return False
+
+
+def _option_name(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("name")
+    return get_args(field.annotation)[0] if field is not None else None
+
+
+def test_yaml_values_still_validate_as_their_types(composed: Callable[..., dict[str, Any]]) -> None:
+    # YAML has ints for floats, lists for tuples; both are what the keys mean.
+    cfg = validate_config(
+        composed("optimizer=adam", "optimizer.lr=1", "optimizer.betas=[0.8,0.9]", "seed=4294967295")
+    )
+    assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
+    assert cfg.optimizer.betas == (0.8, 0.9)
+    assert cfg.seed == 2**32 - 1
+
+
+# --------------------------------------------------------------------------- trainer.monitor
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=linear_regression", "trainer.monitor=val_loss"],
+        ["experiment=logistic_regression", "dataset.val_fraction=0", "trainer.monitor=val_loss"],
+        ["trainer.monitor=val_loss"],  # dataset=none
+    ],
+)
+def test_monitoring_val_loss_without_validation_data_is_refused(
+    composed: Callable[..., dict[str, Any]], overrides: list[str]
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(
+        problem.startswith("trainer.monitor=val_loss needs validation data")
+        and "dataset.val_fraction" in problem
+        for problem in problems
+    ), problems
+
+
+def test_monitoring_val_loss_with_validation_data_is_fine(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    cfg = validate_config(composed("experiment=logistic_regression", "trainer.monitor=val_loss"))
+    assert cfg.trainer.monitor == "val_loss"
+
+
+# ---------------------------------------------------------------------- sizes beyond memory
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.size=100000000000"], "model.size=100000000000"),
+        (
+            ["experiment=linear_regression", "dataset.n_samples=100000000000"],
+            "dataset.n_samples=100000000000",
+        ),
+        (
+            ["experiment=mlp_classification", "model.hidden_sizes=[200000,200000]"],
+            "model.hidden_sizes=[200000, 200000]",
+        ),
+        (["model.init=null", "model.size=100000000000", "optimizer=adam"], "model.size"),
+    ],
+)
+def test_sizes_beyond_this_machines_memory_are_refused_by_key(
+    composed: Callable[..., dict[str, Any]], overrides: list[str], key: str
+) -> None:
+    problems = problems_for(composed(*overrides))
+    assert any(key in problem and "memory" in problem for problem in problems), problems
+
+
+def test_the_memory_estimate_counts_weights_gradients_optimizer_state_and_data(
+    composed: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gradtrain import config
+
+    cfg = validate_config(composed("experiment=linear_regression", "optimizer=adam"))
+    # nn.Linear(8, 1): 9 parameters; weights, gradients and Adam's two moments: 4 copies.
+    # The data: 1024 rows of 8 float32 features and a float32 target, and their split.
+    needed = config.memory_needed(cfg.model, cfg.dataset, cfg.optimizer)
+    assert needed == {"model": 9 * 4 * 4, "dataset": 2 * 1024 * 9 * 4}
+    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16 - 1)
+    (problem,) = problems_for(composed("experiment=linear_regression", "optimizer=adam"))
+    assert problem.startswith("dataset.n_samples=1024 x dataset.n_features=8 needs at least")
+    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16)
+    validate_config(composed("experiment=linear_regression", "optimizer=adam"))
+
+
+# ----------------------------------------------------------------------- mandatory values
+def test_every_mandatory_value_left_out_is_named_with_how_to_give_it(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(composed("experiment=csv_regression"))
+    assert len(problems) == 2, problems
+    path, target = problems
+    assert path.startswith("dataset.path: no value given") and "dataset.path=" in path
+    assert target.startswith("dataset.target: no value given") and "dataset.target=" in target
+
+
+def test_a_mandatory_value_left_out_is_reported_beside_other_problems(
+    composed: Callable[..., dict[str, Any]],
+) -> None:
+    problems = problems_for(
+        composed("experiment=csv_regression", "dataset.path=x.csv", "optimizer.lr=-1")
+    )
+    keys = sorted(problem.split(":")[0] for problem in problems)
+    assert keys == ["dataset.target", "optimizer.lr"]
