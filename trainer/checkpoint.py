@@ -207,9 +207,9 @@ class CheckpointWriter:
                 # write_atomic removed its temp file and never touched the file it replaces.
                 raise CheckpointError(
                     f"could not write the checkpoint of step {step} to {path}: "
-                    f"{os_error_text(exc)}. The previous checkpoint, if any, is intact "
-                    f"({self.directory / LAST}); free space or fix the folder, then continue "
-                    "with trainer.resume=auto."
+                    f"{os_error_text(exc)}. Nothing was replaced: the checkpoints already in "
+                    f"{self.directory} are intact; free space (or fix the folder), then "
+                    "continue with trainer.resume=auto."
                 ) from exc
         self._prune()
         return step_path

@@ -36,9 +36,26 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             os.fsync(file.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp makes it private; results are for sharing
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        # torch.save reports a failed write (a full disk) as a RuntimeError of its own ("unexpected
+        # pos"), the OSError only as its context: raise what went wrong, and where.
+        failed_write = _os_error_in(exc)
+        if failed_write is not None and failed_write is not exc:
+            raise OSError(failed_write.errno, failed_write.strerror, str(path)) from exc
         raise
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """`exc` if it is an OSError, else the first one it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

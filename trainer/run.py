@@ -430,7 +430,8 @@ def _agree_on_start(resume: str | None, run_dir: Path, claim: contextlib.ExitSta
     if is_main_process():
         try:
             if resume not in (None, "auto") and not Path(resume).is_file():
-                raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file")
+                what = "not a file" if Path(resume).exists() else "no such checkpoint file"
+                raise CheckpointError(f"trainer.resume={resume}: {what}")
             # Claimed before looking: of two runs started together, the second then sees the
             # first one's claim (and after it ended, its results), never a half-written folder.
             _claim(run_dir, claim)
