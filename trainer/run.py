@@ -475,15 +475,17 @@ def _decide_start(resume: str | None, run_dir: Path) -> Start:
     """Where to start: from scratch, or from which checkpoint; refusing whatever would
     overwrite a run this folder already holds."""
     earlier = _earlier_run(run_dir)
+    checkpoints = run_dir / CHECKPOINT_DIR
     if resume is None:
         if earlier is not None:
+            resumable = resume_checkpoint_in(checkpoints) is not None
+            then = "to continue it" if resumable else "to start it afresh (it left no checkpoint)"
             raise GradtrainError(
                 f"{run_dir} already holds a run ({earlier}); gradtrain will not overwrite it. "
-                "Add trainer.resume=auto to continue it, or choose another hydra.run.dir "
-                "(leave it unset for a fresh folder)."
+                f"Add trainer.resume=auto {then}, or choose another hydra.run.dir (leave it "
+                "unset for a fresh folder)."
             )
         return Start(run_dir, None)
-    checkpoints = run_dir / CHECKPOINT_DIR
     if resume != "auto":
         path = Path(resume)
         if earlier is not None and path.resolve().parent != checkpoints.resolve():

@@ -199,3 +199,23 @@ def test_a_damaged_last_checkpoint_is_a_message_naming_it(
         assert snapshot(stopped.run_dir) == before
     assert not list((stopped.run_dir / "checkpoints").glob(".*.tmp"))
     assert os.path.lexists(path)
+
+
+def test_config_differences_name_the_section_not_its_options_and_skip_schema_changes() -> None:
+    from gradtrain.run import config_differences
+
+    saved = {
+        "seed": 0,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "trainer": {"max_steps": 20, "resume": None, "old_key": 1},
+        "logger": {"name": "tensorboard", "flush_secs": 30},
+    }
+    now = {
+        "seed": 0,
+        "optimizer": {"name": "adam", "lr": 0.1, "betas": [0.9, 0.999]},
+        "trainer": {"max_steps": 40, "resume": "auto", "new_key": True},
+        "logger": {"name": "none"},
+    }
+    differences, unknown = config_differences(saved, now)
+    assert differences == ["optimizer.name: sgd in the checkpoint, adam now"]
+    assert unknown == ["trainer.new_key", "trainer.old_key"]
