@@ -13,6 +13,7 @@ import gc
 import getpass
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -55,6 +56,12 @@ def main(cfg: DictConfig) -> float | None:
     except GradtrainError as exc:
         print(f"{_who()}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        # Ctrl-C while no stop handler is installed (before training starts or after it ended);
+        # one during training stops at the next step, a second one there becomes
+        # TrainingInterrupted above.
+        print(f"{_who()}: interrupted by Ctrl-C", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     except Exception as exc:
         if _who() != "gradtrain":  # under torchrun, say which rank failed (Hydra shows how)
             print(f"{_who()}: {type(exc).__name__}: {exc}", file=sys.stderr)

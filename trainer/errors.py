@@ -47,3 +47,21 @@ class TrainingInterrupted(GradtrainError):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signal_number  # the shell's convention for "killed by signal"
+
+
+class ResumeConfigMismatch(ConfigError):
+    """trainer.resume would continue a checkpoint saved with other values of keys that change
+    what is trained; `problems` holds one line per differing key, with both values."""
+
+    def __init__(self, checkpoint: str, problems: list[str], may_change: str) -> None:
+        self.problems = problems
+        body = "\n".join(f"  - {problem}" for problem in problems)
+        count = f"{len(problems)} key" + ("s" if len(problems) != 1 else "")
+        GradtrainError.__init__(
+            self,
+            f"cannot resume from {checkpoint}: it was saved by a run configured differently "
+            f"({count}):\n{body}\nA resumed run continues the same training: only how long and "
+            f"how often may change ({may_change}). Resume with the checkpoint's values, or "
+            "train these as a new run in another hydra.run.dir (leave it unset for a fresh "
+            "folder).",
+        )

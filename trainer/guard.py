@@ -150,6 +150,8 @@ class NonFiniteGuard:
         self.decides_before_each_update = policy == "skip"
         self.best_loss = torch.tensor(math.inf, device=device)  # of the settled updates
         self.consecutive_skips = 0
+        # The update `check` found at fault (or after which the weights were non-finite).
+        self.problem_step: int | None = None
 
     def skip_update(self, steps_done: int) -> tuple[bool, str | None]:
         """Under `skip`: whether the update just watched must be dropped (a host sync), and, when
@@ -177,10 +179,12 @@ class NonFiniteGuard:
         a gradient no norm was taken of can have made non-finite."""
         bad = self._settle()
         if bad is not None:
+            self.problem_step = bad.step
             return f"non-finite {self._describe(bad)} at step {bad.step}"
         if parameters and self.policy != "off":
             name = self._non_finite_parameter()
             if name is not None:
+                self.problem_step = step
                 return f"non-finite parameter '{name}' after step {step}"
         return None
 

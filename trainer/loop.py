@@ -88,6 +88,7 @@ class FitResult:
     train_accuracy: float | None = None
     message: str | None = None  # why training stopped early (divergence, signal)
     last_checkpoint_step: int | None = None
+    diverged_at_step: int | None = None  # the update found non-finite (steps may be later)
 
 
 def total_steps(settings: TrainerConfig, batches_per_epoch: int) -> int:
@@ -183,6 +184,7 @@ class Trainer:
         self._world_size = process_count()  # processes training together (torchrun), or 1
         self._stop_reason: StopReason | None = None
         self._message: str | None = None
+        self._diverged_at: int | None = None
         self._last_loss = torch.tensor(math.nan)  # of the last update, on the device
         self._last_grad_norm = torch.tensor(math.nan)  # the last one taken
 
@@ -225,7 +227,7 @@ class Trainer:
         if skip:
             self.optimizer.zero_grad()
             if why is not None:
-                self._diverged(why)
+                self._diverged(why, at_step=self.state.step + 1)
         return skip
 
     def _forward_backward(self, batches: list[Any]) -> Tensor:
@@ -337,7 +339,7 @@ class Trainer:
             except RuntimeError as error:
                 if not settings.detect_anomaly:
                     raise
-                self._diverged(f"autograd anomaly at step {step}: {error}")
+                self._diverged(f"autograd anomaly at step {step}: {error}", at_step=step)
                 return
             if output is None:  # skipped: the step count stays where it was
                 if self._stop_reason is not None:
@@ -367,7 +369,13 @@ class Trainer:
             self._check()  # before anything is saved from a possibly bad update
         if self._stop_reason == "diverged":
             return True
-        if checkpoint_due and not stopping:
+        # An update that closes an epoch is checkpointed by `fit` once the epoch's metrics are
+        # logged and its counters reset; saved before that, a resumed run would close the epoch
+        # again and log its metrics twice at this step.
+        closes_epoch = (
+            self.train_loader is not None and state.batch_in_epoch == self.batches_per_epoch
+        )
+        if checkpoint_due and not stopping and not closes_epoch:
             self._checkpoint()  # (which stops the run if the weights it checks are not finite)
         if is_last or self._stop_reason is not None:
             self._stop_reason = self._stop_reason or self._limit_reached(
@@ -435,25 +443,44 @@ class Trainer:
         """The guard's verdict on the updates since its last check (and on the weights)."""
         problem = self.guard.check(self.state.step, parameters=parameters)
         if problem is not None:
-            self._diverged(problem)
+            self._diverged(problem, at_step=self.guard.problem_step or self.state.step)
 
-    def _diverged(self, what: str) -> None:
+    def _diverged(self, what: str, at_step: int) -> None:
+        """Stop: update `at_step` went wrong. The guard reads values back in batches, so the
+        updates after it up to `state.step` have run too (on non-finite values)."""
         self._stop_reason = "diverged"
-        last = self.state.last_checkpoint_step
+        self._diverged_at = at_step
+        state = self.state
+        last = state.last_checkpoint_step
         kept = f"the last checkpoint is from step {last}" if last is not None else "no checkpoint"
         self._message = f"Training diverged: {what}; {kept}."
+        if state.step > at_step:
+            self._message += (
+                f" Found at the check after step {state.step}: the updates in between ran on "
+                "non-finite values."
+            )
 
     def _end_of_epoch_metrics(self, epoch_done: bool) -> None:
-        """train/accuracy of the epoch, and validation when it is due or the run ends."""
+        """train/accuracy of the epoch, and validation when it is due or the run ends.
+
+        A stop request (a signal) does not end the run: it goes on after a resume. So mid-epoch
+        its accuracy so far is only kept for the summary: nothing is logged at that step, no
+        validation is run there, and the epoch's counts stay (into the checkpoint) until the
+        epoch ends; a resumed run then reports what an uninterrupted one would."""
         state, ending = self.state, self._stop_reason is not None
+        paused = self._stop_reason == "interrupted" and not epoch_done
         if self.classification and state.seen and (epoch_done or ending):
             correct, seen = all_reduce_sum(
                 torch.stack([state.correct, torch.tensor(state.seen).to(state.correct)])
             ).tolist()
             state.train_accuracy = correct / seen
-            self.sink.log_scalars({"train/accuracy": state.train_accuracy}, step=state.step)
-            state.correct.zero_()
-            state.seen = 0
+            if not paused:
+                self.sink.log_scalars({"train/accuracy": state.train_accuracy}, step=state.step)
+            if epoch_done:  # (a run ending mid-epoch keeps them, should it be continued)
+                state.correct.zero_()
+                state.seen = 0
+        if paused:
+            return
         due = epoch_done and state.epoch % self.settings.val_every_n_epochs == 0
         fresh = state.val_metrics.get("step") == state.step
         if self.val_loader is not None and (due or ending) and not fresh:
@@ -591,6 +618,7 @@ class Trainer:
             train_accuracy=state.train_accuracy,
             message=self._message,
             last_checkpoint_step=state.last_checkpoint_step,
+            diverged_at_step=self._diverged_at,
         )
 
 

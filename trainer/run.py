@@ -6,12 +6,15 @@ tests and notebooks can call `run()` directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import signal
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,11 @@ from gradtrain.build import (
     resolve_device,
 )
 from gradtrain.checkpoint import (
-    LAST,
     CheckpointWriter,
     NullCheckpointWriter,
     load_checkpoint,
+    resume_checkpoint_in,
+    resume_problems,
 )
 from gradtrain.config import Config, validate_config
 from gradtrain.distributed import (
@@ -43,10 +47,19 @@ from gradtrain.errors import (
     CheckpointError,
     GradientCheckError,
     GradtrainError,
+    ResumeConfigMismatch,
     TrainingDiverged,
     TrainingInterrupted,
 )
-from gradtrain.files import write_atomic, write_json_atomic
+from gradtrain.files import (
+    FolderInUse,
+    NoLocking,
+    claim_folder,
+    os_error_text,
+    remove_stale_temporaries,
+    write_atomic,
+    write_json_atomic,
+)
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.loop import FitResult, Trainer
@@ -70,41 +83,75 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     user can fix) before anything is written; TrainingDiverged or TrainingInterrupted after
     writing the summary of a run that stopped early.
 
-    Under torchrun every process calls this; they join one process group for the run, and
-    only rank 0 writes (into its `run_dir`, which becomes every rank's).
+    The run holds `run_dir` for itself while it runs (`files.claim_folder`): a second run
+    started there meanwhile is refused. Under torchrun every process calls this; they join
+    one process group for the run, and only rank 0 claims and writes (into its `run_dir`,
+    which becomes every rank's).
     """
     cfg = validate_config(raw_config)
-    with process_group(resolve_device(cfg.trainer.device), cfg.trainer.dist_timeout_s):
-        return _run(cfg, raw_config, run_dir)
+    device = resolve_device(cfg.trainer.device)
+    with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
+        return _run(cfg, raw_config, run_dir, claim)
 
 
-def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Start:
+    """How a run starts, as rank 0 decided it (and sent to the other ranks)."""
+
+    run_dir: Path
+    resume_from: Path | None  # the checkpoint to continue from, or None: from scratch
+    # Starting from scratch in a folder whose earlier session left no checkpoint: TensorBoard
+    # is told to hide that session's events, which would otherwise share its curves.
+    hide_earlier_events: bool = False
+
+
+def _run(
+    cfg: Config, raw_config: Mapping[str, Any], run_dir: Path, claim: contextlib.ExitStack
+) -> dict[str, Any]:
     main = is_main_process()
-    run_dir, resume_from = _agree_on_start(cfg.trainer.resume, run_dir)
-    # Every rank loads the checkpoint itself (on several nodes: from a shared file system).
-    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
+    start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
+    run_dir, resume_from = start.run_dir, start.resume_from
+    # Every rank loads the checkpoint itself (on several nodes: from a shared file system),
+    # and checks, before anything is written, that it continues this very training.
+    checkpoint = None
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from)
+        problems = resume_problems(checkpoint)
+        if problems:
+            raise CheckpointError(f"{resume_from} cannot be resumed: {'; '.join(problems)}")
+        _check_same_training(cfg, checkpoint, resume_from)
     seed_everything(cfg.seed)
     # Built before anything is written: what refuses the config only once the data is known (a
     # CSV, a size, an epoch without a batch) leaves the run folder as it was.
     parts = build(cfg)
+    if main:
+        for stale in remove_stale_temporaries(run_dir / CHECKPOINT_DIR):
+            log.info("Removed %s, left by a session killed while writing a checkpoint.", stale)
     checkpointer: CheckpointWriter | NullCheckpointWriter | None = None
     if cfg.trainer.save_checkpoints:
         checkpointer = (
-            CheckpointWriter(run_dir / CHECKPOINT_DIR, keep=cfg.trainer.keep_checkpoints)
+            CheckpointWriter(
+                run_dir / CHECKPOINT_DIR,
+                keep=cfg.trainer.keep_checkpoints,
+                config=cfg.model_dump(mode="json"),
+            )
             if main
             else NullCheckpointWriter()
         )
     resumed_step = checkpoint["step"] if checkpoint is not None else None
     # Steps after the checkpoint's are redone; TensorBoard drops what the killed session logged
-    # for them, keeping the checkpoint's own step.
+    # for them, keeping the checkpoint's own step. A fresh start over a session that left no
+    # checkpoint drops all of that session's events.
     purge_step = resumed_step + 1 if resumed_step is not None else None
+    if start.hide_earlier_events:
+        purge_step = 0
     sink = (
         build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=purge_step)
         if main
         else NullSink()
     )
     parts.parameter_stats = build_parameter_stats(cfg.logger, sink, parts.module)
-    stop = SignalStop()
+    stop = SignalStop(checkpoints=cfg.trainer.save_checkpoints)
     device = local_device(resolve_device(cfg.trainer.device))
     stop_request = (
         CollectiveStop(stop, device, every=cfg.trainer.log_every_n_steps)
@@ -122,7 +169,8 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
             components=parts,
         )
         if checkpoint is not None:
-            trainer.load_state_dict(checkpoint)
+            assert resume_from is not None
+            _load_into(trainer, checkpoint, resume_from)
             log.info("Resuming from %s at step %d.", resume_from, resumed_step)
         else:
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
@@ -134,10 +182,13 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
                 result = trainer.fit()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            error = f"{type(exc).__name__}: {exc}"
+            reported = _reported(exc, trainer, run_dir)
+            error = str(reported) if reported is not exc else f"{type(exc).__name__}: {exc}"
             failed = {"status": status, "error": error, "steps": trainer.state.step}
             if main:
-                write_json_atomic(run_dir / SUMMARY_FILE, failed)
+                _write_summary(run_dir, failed, failing=True)
+            if reported is not exc:
+                raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
             raise
         summary = _summary(cfg, result, trainer.module, run_dir)
         summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
@@ -145,15 +196,18 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
             summary["gradient_check"] = gradient_check
         if figures is not None:
             figures.finish(result.steps, run_dir)
-        sink.log_hparams(
-            flatten_hparams(raw_config),
-            {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
-            step=result.steps,
-        )
+        if result.stop_reason != "interrupted":
+            # (A stopped run goes on when resumed, and logs them then, at its real end: logged
+            # now too, its summary/* curves would show a point at the stop as well.)
+            sink.log_hparams(
+                flatten_hparams(raw_config),
+                {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
+                step=result.steps,
+            )
     finally:
-        sink.close()
+        _close_sink(sink, run_dir)
     if main:
-        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        _write_summary(run_dir, summary)
         log.info(format_summary(summary))
     if result.stop_reason == "diverged":
         raise TrainingDiverged(f"{result.message} {_lr_hint(cfg)}")
@@ -162,11 +216,182 @@ def _run(cfg: Config, raw_config: Mapping[str, Any], run_dir: Path) -> dict[str,
         # if terminated, the way torchrun stops workers.
         signal_number = stop.signal_number or signal.SIGTERM
         raise TrainingInterrupted(
-            f"{result.message}; checkpoint saved. Continue with the same command plus "
-            f"trainer.resume=auto hydra.run.dir={run_dir}",
-            signal_number,
+            f"{result.message}; {_how_to_continue(result, run_dir)}", signal_number
         )
     return summary
+
+
+def _how_to_continue(result: FitResult, run_dir: Path) -> str:
+    """The stop message's second half: what was saved, and the command that continues."""
+    again = f"the same command plus trainer.resume=auto hydra.run.dir={run_dir}"
+    last = result.last_checkpoint_step
+    if last is not None and last == result.steps:
+        return f"checkpoint saved. Continue with {again}"
+    if last is not None:
+        return f"no checkpoint at this step; {again} continues from step {last}"
+    return (
+        "no checkpoint was saved (trainer.save_checkpoints=false), so nothing can be "
+        f"continued: {again} starts the run afresh"
+    )
+
+
+def _reported(exc: BaseException, trainer: Trainer, run_dir: Path) -> BaseException:
+    """What the user is told about an exception that ended training: a message for a second
+    Ctrl-C and for a file that could not be written (a full disk), else `exc` itself."""
+    last = trainer.state.last_checkpoint_step
+    kept = f"the last checkpoint is from step {last}" if last is not None else "no checkpoint"
+    if isinstance(exc, KeyboardInterrupt):
+        return TrainingInterrupted(
+            f"stopped at once by a second Ctrl-C after step {trainer.state.step}; {kept} "
+            f"(continue with the same command plus trainer.resume=auto hydra.run.dir={run_dir})",
+            signal.SIGINT,
+        )
+    if isinstance(exc, OSError):
+        where = exc.filename or run_dir
+        return GradtrainError(f"could not write {where}: {os_error_text(exc)}; {kept}.")
+    return exc
+
+
+def _write_summary(run_dir: Path, summary: Mapping[str, Any], failing: bool = False) -> None:
+    """summary.json. When the disk is full, say so: as an error of its own, or (`failing`:
+    while reporting another error, which matters more) as a log line."""
+    try:
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    except OSError as exc:
+        message = f"could not write {run_dir / SUMMARY_FILE}: {os_error_text(exc)}"
+        if failing:
+            log.error("gradtrain: %s", message)
+            return
+        raise GradtrainError(message) from exc
+
+
+def _close_sink(sink: MetricSink, run_dir: Path) -> None:
+    """Flush and close the logger; a write that fails then (a full disk) is an error naming
+    the folder, or only a log line while another error is on its way to the user."""
+    failing = sys.exc_info()[1] is not None
+    try:
+        sink.close()
+    except OSError as exc:
+        message = f"could not write to {run_dir / TENSORBOARD_DIR}: {os_error_text(exc)}"
+        if failing:
+            log.error("gradtrain: %s", message)
+            return
+        raise GradtrainError(message) from exc
+
+
+def _load_into(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    """The checkpoint's state into the trainer, or a CheckpointError naming the file: its
+    entries are well-formed (`resume_problems`), but they may not fit this model, optimizer
+    or data (a checkpoint from before configs were stored in them, or one edited by hand)."""
+    position, batches = checkpoint["batch_in_epoch"], trainer.batches_per_epoch
+    if position > batches:
+        raise CheckpointError(
+            f"{path} cannot be resumed: batch_in_epoch={position}, but an epoch of this run "
+            f"has {batches} batches (did the data change?)"
+        )
+    try:
+        trainer.load_state_dict(checkpoint)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        # (load_state_dict's first line only says that there are errors; the next names one.)
+        detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise CheckpointError(
+            f"{path} does not fit this run ({type(exc).__name__}: {detail[:300]}); resume it "
+            "with the config it was saved with, or start afresh"
+        ) from None
+
+
+# ---------------------------------------------------------------- does a resume continue this run
+# Keys a resumed run may change: how long it trains, how often it logs, validates and saves,
+# where it runs, and what it reports. Any other key changes what is trained (the data, the
+# model, the update), so a resume with another value is refused. (A prefix ending in "." stands
+# for a whole section.)
+MAY_CHANGE_ON_RESUME = (
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.tolerance",
+    "trainer.log_every_n_steps",
+    "trainer.val_every_n_epochs",
+    "trainer.save_checkpoints",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.keep_checkpoints",
+    "trainer.resume",
+    "trainer.progress_bar",
+    "trainer.monitor",
+    "trainer.device",
+    "trainer.dist_timeout_s",
+    "trainer.detect_anomaly",
+    "dataset.num_workers",
+    "dataset.pin_memory",
+    "logger.",
+    "explain",
+)
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
+
+
+def _check_same_training(cfg: Config, checkpoint: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume `checkpoint` under a config that trains something else (every
+    differing key, with both values); a checkpoint without a stored config is resumed with a
+    warning that it cannot be compared."""
+    saved = checkpoint.get("config")
+    if saved is None:
+        log.warning(
+            "%s stores no config (saved by an earlier gradtrain): it cannot be compared with "
+            "this run's, so make sure the command is the one that started the run.",
+            path,
+        )
+        return
+    differences, unknown = config_differences(saved, cfg.model_dump(mode="json"))
+    for key in unknown:
+        log.warning("%s: not in both configs (another gradtrain version?), not compared.", key)
+    if differences:
+        allowed = ", ".join(k + ("*" if k.endswith(".") else "") for k in MAY_CHANGE_ON_RESUME)
+        raise ResumeConfigMismatch(str(path), differences, allowed)
+
+
+def config_differences(
+    saved: Mapping[str, Any], now: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(one line per key a resume may not change that differs: `optimizer.lr: 0.1 in the
+    checkpoint, 0.001 now`; the keys only one side has, outside sections whose `name`
+    differs, which a change of gradtrain's schema explains)."""
+    old, new = _flatten(saved), _flatten(now)
+    renamed = {
+        key.rsplit(".", 1)[0]
+        for key in old.keys() & new.keys()
+        if key.endswith(".name") and old[key] != new[key]
+    }
+    differences, unknown = [], []
+    for key in sorted(old.keys() | new.keys()):
+        if _may_change(key):
+            continue
+        if key in old and key in new:
+            if old[key] != new[key]:
+                differences.append(
+                    f"{key}: {_show(old[key])} in the checkpoint, {_show(new[key])} now"
+                )
+        elif key.rsplit(".", 1)[0] not in renamed:
+            unknown.append(key)
+    return differences, unknown
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    """A value as the config spells it (null, true, [32, 32]); numbers and text as they are."""
+    if value is None or isinstance(value, bool | list | tuple):
+        return json.dumps(value)
+    return str(value)
 
 
 def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any]:
@@ -188,7 +413,7 @@ def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any
             f"{check.atol:g} + {check.rtol:g} * |reference|; see {run_dir / EXPLAIN_FILE}"
         )
         failed = {"status": "failed", "error": str(error), "steps": 0}
-        write_json_atomic(run_dir / SUMMARY_FILE, {**failed, "gradient_check": check.summary()})
+        _write_summary(run_dir, {**failed, "gradient_check": check.summary()}, failing=True)
         raise error
     return check.summary()
 
@@ -203,20 +428,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _agree_on_start(resume: str | None, run_dir: Path) -> tuple[Path, Path | None]:
-    """The run directory and the checkpoint to resume from (or None), as rank 0 decides them.
+def _agree_on_start(resume: str | None, run_dir: Path, claim: contextlib.ExitStack) -> Start:
+    """How the run starts (`Start`), as rank 0 decides it, holding `run_dir` from then on.
 
     Single-process: `run_dir` itself, after the checks. Under torchrun each rank's Hydra made
     its own `run_dir`; rank 0's is the run's, and its decision (or its refusal, raised on every
     rank) reaches all ranks, so none of them waits for a rank that already gave up.
     """
-    decision: tuple[Path, Path | None] | GradtrainError | None = None
+    decision: Start | GradtrainError | None = None
     if is_main_process():
         try:
-            resume_from = _resume_path(resume, run_dir)
-            if resume_from is None:
-                _refuse_to_overwrite(run_dir)
-            decision = (run_dir, resume_from)
+            if resume not in (None, "auto") and not Path(resume).is_file():
+                what = "not a file" if Path(resume).exists() else "no such checkpoint file"
+                raise CheckpointError(f"trainer.resume={resume}: {what}")
+            # Claimed before looking: of two runs started together, the second then sees the
+            # first one's claim (and after it ended, its results), never a half-written folder.
+            _claim(run_dir, claim)
+            decision = _decide_start(resume, run_dir)
         except GradtrainError as exc:
             decision = exc
     decision = broadcast_from_main(decision)
@@ -226,26 +454,99 @@ def _agree_on_start(resume: str | None, run_dir: Path) -> tuple[Path, Path | Non
     return decision
 
 
-def _resume_path(resume: str | None, run_dir: Path) -> Path | None:
+def _claim(run_dir: Path, claim: contextlib.ExitStack) -> None:
+    """`claim_folder(run_dir)`, held until `claim` closes; its refusals as messages."""
+    try:
+        claim.enter_context(claim_folder(run_dir))
+    except FolderInUse as exc:
+        raise GradtrainError(
+            f"{run_dir} is in use by {exc.holder}; gradtrain will not let two runs write into "
+            "one folder. Wait for it to end (then add trainer.resume=auto to continue it), or "
+            "choose another hydra.run.dir (leave it unset for a fresh folder)."
+        ) from None
+    except NoLocking as exc:
+        log.warning(
+            "Cannot lock %s (%s): a second run started in it would not be refused.", run_dir, exc
+        )
+    except (FileExistsError, NotADirectoryError):
+        raise GradtrainError(
+            f"hydra.run.dir={run_dir} is a file (or lies under one), not a folder; choose "
+            "another hydra.run.dir (leave it unset for a fresh folder)."
+        ) from None
+    except OSError as exc:
+        raise GradtrainError(
+            f"cannot write into {run_dir}: {os_error_text(exc)}; choose a writable "
+            "hydra.run.dir (leave it unset for a fresh folder)."
+        ) from None
+
+
+def _decide_start(resume: str | None, run_dir: Path) -> Start:
+    """Where to start: from scratch, or from which checkpoint; refusing whatever would
+    overwrite a run this folder already holds."""
+    earlier = _earlier_run(run_dir)
+    checkpoints = run_dir / CHECKPOINT_DIR
     if resume is None:
-        return None
-    if resume == "auto":
-        last = run_dir / CHECKPOINT_DIR / LAST
-        return last if last.exists() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise CheckpointError(f"trainer.resume={resume}: no such checkpoint file")
-    return path
-
-
-def _refuse_to_overwrite(run_dir: Path) -> None:
-    for earlier in (run_dir / SUMMARY_FILE, run_dir / CHECKPOINT_DIR / LAST):
-        if earlier.exists():
+        if earlier is not None:
+            resumable = resume_checkpoint_in(checkpoints) is not None
+            then = "to continue it" if resumable else "to start it afresh (it left no checkpoint)"
             raise GradtrainError(
-                f"{run_dir} already holds a run ({earlier.relative_to(run_dir)}); gradtrain "
-                "will not overwrite it. Add trainer.resume=auto to continue it, or choose "
-                "another hydra.run.dir (leave it unset for a fresh folder)."
+                f"{run_dir} already holds a run ({earlier}); gradtrain will not overwrite it. "
+                f"Add trainer.resume=auto {then}, or choose another hydra.run.dir (leave it "
+                "unset for a fresh folder)."
             )
+        return Start(run_dir, None)
+    if resume != "auto":
+        path = Path(resume)
+        if earlier is not None and path.resolve().parent != checkpoints.resolve():
+            raise GradtrainError(
+                f"{run_dir} already holds a run ({earlier}); trainer.resume={resume} would "
+                "continue another folder's checkpoint here and overwrite it. Continue that "
+                "checkpoint in a new hydra.run.dir (leave it unset for a fresh folder), or "
+                "use trainer.resume=auto to continue the run this folder holds."
+            )
+        return Start(run_dir, path)
+    found = resume_checkpoint_in(checkpoints)
+    if found is not None:
+        return Start(run_dir, found)
+    if earlier is None:
+        return Start(run_dir, None)  # nothing there yet: the first session of the run
+    status = _summary_status(run_dir)
+    if status in ("completed", "diverged"):
+        raise GradtrainError(
+            f"{run_dir} holds a {status} run but no checkpoint to continue it from "
+            "(trainer.save_checkpoints=false?); gradtrain will not overwrite it. Choose "
+            "another hydra.run.dir (leave it unset for a fresh folder)."
+        )
+    # Killed, interrupted or failed before its first checkpoint: nothing to continue.
+    log.warning(
+        "%s holds a run that stopped before its first checkpoint (%s): there is nothing to "
+        "continue, so it starts afresh (TensorBoard hides the earlier session's curves).",
+        run_dir,
+        f"summary.json: {status}" if status else "no summary: it was killed",
+    )
+    return Start(run_dir, None, hide_earlier_events=True)
+
+
+def _earlier_run(run_dir: Path) -> str | None:
+    """What shows that `run_dir` holds (part of) a run already, or None. Hydra's own `.hydra/`
+    and `train.log` do not count: Hydra writes them before every run."""
+    if (run_dir / SUMMARY_FILE).exists():
+        return SUMMARY_FILE
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if resume_checkpoint_in(checkpoints) is not None:
+        return str(Path(CHECKPOINT_DIR) / "*.pt")
+    if any((run_dir / TENSORBOARD_DIR).glob("**/events.out.tfevents.*")):
+        return f"{TENSORBOARD_DIR}/ events"
+    return None
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    """The `status` in `run_dir`'s summary.json, or None (none, or unreadable)."""
+    try:
+        status = json.loads((run_dir / SUMMARY_FILE).read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
 
 
 def _summary(
@@ -272,6 +573,10 @@ def _summary(
         summary["params"] = model.x.detach().cpu().tolist()
     if result.message is not None:
         summary["message"] = result.message
+    if result.diverged_at_step is not None:
+        # `steps` counts the updates applied; the guard reads values back in batches, so the
+        # run may have gone on past the update that went wrong.
+        summary["diverged_at_step"] = result.diverged_at_step
     summary["last_checkpoint_step"] = result.last_checkpoint_step
     summary["run_dir"] = str(run_dir)
     if cfg.logger.name == "tensorboard":

@@ -15,10 +15,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 class SignalStop:
     """While active, the stop signals set `requested` instead of killing the process, so the
-    trainer can checkpoint at the next step boundary. A second Ctrl-C stops at once."""
+    trainer can checkpoint at the next step boundary. A second Ctrl-C stops at once: it raises
+    KeyboardInterrupt wherever the run is (`trainer.run` turns it into a message).
 
-    def __init__(self) -> None:
+    `checkpoints`: whether the run saves one when it stops (said in the warning)."""
+
+    def __init__(self, checkpoints: bool = True) -> None:
         self.signal_number: int | None = None
+        self.checkpoints = checkpoints
         self._previous: dict[int, Any] = {}
 
     @property
@@ -29,10 +33,15 @@ class SignalStop:
         if self.signal_number is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = signum
+        then = (
+            "saving a checkpoint at the end of this step"
+            if self.checkpoints
+            else "stopping at the end of this step (no checkpoint: trainer.save_checkpoints=false)"
+        )
         log.warning(
-            "Received %s: saving a checkpoint at the end of this step "
-            "(press Ctrl-C again to stop at once).",
+            "Received %s: %s (press Ctrl-C again to stop at once).",
             signal.Signals(signum).name,
+            then,
         )
 
     def __enter__(self) -> SignalStop:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import RecordingSink
+from conftest import QuickRun, RecordingSink
 
+import gradtrain.run as run_module
 from gradtrain.build import build_trainer
 from gradtrain.checkpoint import (
     LAST,
@@ -18,11 +21,12 @@ from gradtrain.checkpoint import (
     save_checkpoint,
 )
 from gradtrain.config import validate_config
-from gradtrain.errors import CheckpointError
+from gradtrain.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from gradtrain.loop import Trainer
 from gradtrain.run import run, seed_everything
 
 Compose = Callable[..., dict[str, Any]]
+Quick = Callable[..., QuickRun]
 
 
 class StopAtStep:
@@ -202,4 +206,98 @@ def test_resume_auto_continues_a_finished_run_with_a_larger_budget(
     assert summary["steps"] == 30
 
 
+# ------------------------------------------------------- every reported figure resumes exactly
+class StopAfter:
+    """Stands in for `gradtrain.run.SignalStop`: a stop request after `steps` updates (the
+    trainer asks once per update), as SIGTERM would make; or, with `crash`, an exception there
+    instead, as if the process died (what a kill leaves: the checkpoints before it)."""
+
+    def __init__(self, steps: int, crash: bool = False) -> None:
+        self.steps = steps
+        self.crash = crash
+        self.polls = 0
+        self.signal_number: int | None = None
+
+    def __call__(self, checkpoints: bool = True) -> StopAfter:
+        return self
+
+    @property
+    def requested(self) -> bool:
+        self.polls += 1
+        if self.polls == self.steps:
+            if self.crash:
+                raise RuntimeError("simulated kill")
+            self.signal_number = signal.SIGTERM
+        return self.signal_number is not None
+
+    def __enter__(self) -> StopAfter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+# 820 training rows in batches of 64: 13 batches an epoch, 39 updates in all.
+CLASSIFICATION = [
+    "experiment=mlp_classification",
+    "logger=tensorboard",
+    "trainer.max_steps=null",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.save_checkpoints=true",
+]
+
+
+def assert_same_report(straight: QuickRun, resumed: QuickRun) -> None:
+    for key in ("train_accuracy", "val_accuracy", "val_loss", "final_loss", "best_loss", "steps"):
+        assert resumed.summary[key] == straight.summary[key], key
+    expected, got = straight.scalars(), resumed.scalars()
+    assert got.keys() == expected.keys()
+    for tag, points in expected.items():
+        assert got[tag] == points, tag  # no step twice, none missing, the same values
+
+
+def test_a_stop_mid_epoch_resumes_train_accuracy_and_every_curve_exactly(
+    quick_run: Quick, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = quick_run(*CLASSIFICATION)
+    run_dir = tmp_path / "stopped"
+    with monkeypatch.context() as patched:
+        patched.setattr(run_module, "SignalStop", StopAfter(20))  # 7 batches into epoch 2
+        with pytest.raises(TrainingInterrupted, match="after step 20; checkpoint saved"):
+            quick_run(*CLASSIFICATION, run_dir=run_dir)
+    resumed = quick_run(*CLASSIFICATION, "trainer.resume=auto", run_dir=run_dir)
+    assert_same_report(straight, resumed)
+
+
+def test_a_checkpoint_at_an_epochs_last_update_does_not_log_its_metrics_twice(
+    quick_run: Quick, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every_epoch = [*CLASSIFICATION, "trainer.checkpoint_every_n_steps=13"]
+    straight = quick_run(*every_epoch)
+    run_dir = tmp_path / "killed"
+    with monkeypatch.context() as patched:
+        patched.setattr(run_module, "SignalStop", StopAfter(17, crash=True))
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            quick_run(*every_epoch, run_dir=run_dir)
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["step"] == 13
+    resumed = quick_run(*every_epoch, "trainer.resume=auto", run_dir=run_dir)
+    assert_same_report(straight, resumed)
+
+
 # ---------------------------------------------------------------------------- non-finite values
+
+
+def test_a_diverged_summary_tells_the_bad_step_from_the_steps_applied(
+    composed: Compose, tmp_path: Path
+) -> None:
+    with pytest.raises(TrainingDiverged) as diverged:
+        run(composed("logger=none", "optimizer.lr=10", "trainer.log_every_n_steps=50"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged_at_step"] == 16
+    steps = summary["steps"]  # read back at a logging step 64 updates or 1 s after the last
+    assert steps in (50, 100)
+    assert f"non-finite loss at step 16; no checkpoint. Found at the check after step {steps}" in (
+        str(diverged.value)
+    )
+    assert summary["message"] in str(diverged.value)

@@ -9,12 +9,15 @@ import struct
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
 from gradtrain.metrics.dashboard import CHART_LAYOUT, hparams_summaries
+
+if TYPE_CHECKING:
+    from gradtrain.metrics.event_file import EventFileWriter
 
 HParamValue = int | float | str | bool
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -82,7 +85,12 @@ class TensorBoardSink:
     on its own, and its writer thread checksums one event per value in pure Python.)
 
     `purge_step`: a resumed run's first new step; TensorBoard then drops the events an
-    interrupted session wrote from that step on, so no step appears twice.
+    interrupted session wrote from that step on, so no step appears twice. 0 hides everything
+    earlier sessions wrote (a run that starts afresh in a folder whose first session left no
+    checkpoint).
+
+    The event file is created when the first thing is logged, not before: a run refused while
+    it is being built (a checkpoint that does not fit, bad data) leaves no event file behind.
     """
 
     def __init__(
@@ -92,23 +100,32 @@ class TensorBoardSink:
         purge_step: int | None = None,
         max_pending_steps: int = 256,
     ) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-        from torch.utils.tensorboard.summary import custom_scalars
-
-        from gradtrain.metrics.event_file import EventFileWriter
-
         self.log_dir = log_dir
         self.flush_secs = flush_secs
         self.max_pending_steps = max_pending_steps
-        self.events = EventFileWriter(log_dir)
-        if purge_step is not None:  # what SummaryWriter(purge_step=...) writes
-            restart = SessionLog(status=SessionLog.START)
-            self.events.add_event(
-                Event(wall_time=time.time(), step=purge_step, session_log=restart)
-            )
-        self.events.add_summary(custom_scalars(CHART_LAYOUT), step=0)
+        self.purge_step = purge_step
+        self._events: EventFileWriter | None = None
         self._pending: list[tuple[int, float, dict[str, float | Tensor]]] = []  # step, wall time
         self._last_write = time.monotonic()
+
+    @property
+    def events(self) -> EventFileWriter:
+        """The event file, created (with the purge and the chart layout) on first use."""
+        if self._events is None:
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+            from torch.utils.tensorboard.summary import custom_scalars
+
+            from gradtrain.metrics.event_file import EventFileWriter
+
+            events = EventFileWriter(self.log_dir)
+            if self.purge_step is not None:  # what SummaryWriter(purge_step=...) writes
+                restart = SessionLog(status=SessionLog.START)
+                events.add_event(
+                    Event(wall_time=time.time(), step=self.purge_step, session_log=restart)
+                )
+            events.add_summary(custom_scalars(CHART_LAYOUT), step=0)
+            self._events = events
+        return self._events
 
     def log_scalars(self, scalars: Mapping[str, float | Tensor], step: int) -> None:
         self._pending.append((step, time.time(), dict(scalars)))
@@ -119,9 +136,12 @@ class TensorBoardSink:
 
     def flush(self) -> None:
         self._write_pending()
-        self.events.flush()
+        if self._events is not None:
+            self._events.flush()
 
     def _write_pending(self) -> None:
+        if not self._pending:
+            return
         tensors = [
             value
             for _, _, scalars in self._pending
@@ -174,7 +194,8 @@ class TensorBoardSink:
         try:
             self.flush()
         finally:
-            self.events.close()
+            if self._events is not None:
+                self._events.close()
 
 
 @torch.no_grad()
