@@ -88,6 +88,8 @@ def _screen_hydra_keys() -> None:
     def screened(self: ConfigLoaderImpl, *args: Any, **kwargs: Any) -> DictConfig:
         cfg = load(self, *args, **kwargs)
         _exit_on_foreign_objects(cfg.hydra)
+        run_mode = kwargs.get("run_mode", args[2] if len(args) > 2 else RunMode.RUN)
+        _exit_on_unusable_folder(cfg.hydra, run_mode)
         return cfg
 
     ConfigLoaderImpl.load_configuration = screened  # type: ignore[method-assign]
@@ -102,6 +104,28 @@ def _exit_on_foreign_objects(hydra_node: DictConfig) -> None:
     if problems:
         print(f"{_who()}: {ConfigError(problems)}", file=sys.stderr)
         sys.exit(ConfigError.exit_code)
+
+
+def _exit_on_unusable_folder(hydra_node: DictConfig, run_mode: RunMode) -> None:
+    """Exit 1 with a message when the run (or sweep) folder cannot be made or written: Hydra
+    makes it before gradtrain runs, and would fail there with a traceback."""
+    key = "hydra.sweep.dir" if run_mode == RunMode.MULTIRUN else "hydra.run.dir"
+    node = hydra_node.sweep if run_mode == RunMode.MULTIRUN else hydra_node.run
+    try:
+        folder = Path(str(node.dir))
+    except OmegaConfBaseException:
+        return  # (an interpolation Hydra resolves later: checked by gradtrain when it runs)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} cannot be written"
+    if problem is not None:
+        print(f"{_who()}: {key}={folder}: {problem}; choose another {key}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _plain(node: Any) -> Any:

@@ -360,3 +360,31 @@ def test_a_second_ctrl_c_at_the_command_line_exits_without_a_traceback(tmp_path:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "gradtrain: " in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["hydra.run.dir={file}"], "hydra.run.dir={file}: {file} is not a folder"),
+        (["hydra.run.dir={file}/run"], "hydra.run.dir={file}/run: {file} is not a folder"),
+        (["-m", "hydra.sweep.dir={file}", "optimizer.lr=0.1"], "hydra.sweep.dir={file}: "),
+    ],
+)
+def test_train_py_names_a_run_folder_it_cannot_make_without_a_traceback(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    # Hydra makes the folder before gradtrain runs; train.py checks it when the config is
+    # composed, before torch loads (so this subprocess is cheap).
+    file = tmp_path / "a_file"
+    file.write_text("not a folder")
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *(a.format(file=file) for a in args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert named.format(file=file) in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert file.read_text() == "not a folder"
