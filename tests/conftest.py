@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -167,4 +168,34 @@ class RecordingSink:
         pass
 
     def close(self) -> None:
+        pass
+
+
+class StopAfter:
+    """Stands in for SignalStop: a stop request after `steps` updates (the trainer asks once
+    per update), as if SIGTERM had arrived then; or, with `then`, something else at that
+    poll (a second Ctrl-C, a crash)."""
+
+    def __init__(self, steps: int, then: Callable[[], None] | None = None) -> None:
+        self.steps = steps
+        self.then = then
+        self.polls = 0
+        self.signal_number: int | None = None
+
+    def __call__(self, checkpoints: bool = True) -> StopAfter:  # SignalStop(checkpoints=...)
+        return self
+
+    @property
+    def requested(self) -> bool:
+        self.polls += 1
+        if self.polls == self.steps:
+            if self.then is not None:
+                self.then()
+            self.signal_number = signal.SIGTERM
+        return self.signal_number is not None
+
+    def __enter__(self) -> StopAfter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         pass

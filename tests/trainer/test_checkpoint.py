@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import QuickRun, RecordingSink
+from conftest import QuickRun, RecordingSink, StopAfter
 
 import gradtrain.run as run_module
 from gradtrain.build import build_trainer
@@ -207,34 +206,9 @@ def test_resume_auto_continues_a_finished_run_with_a_larger_budget(
 
 
 # ------------------------------------------------------- every reported figure resumes exactly
-class StopAfter:
-    """Stands in for `gradtrain.run.SignalStop`: a stop request after `steps` updates (the
-    trainer asks once per update), as SIGTERM would make; or, with `crash`, an exception there
-    instead, as if the process died (what a kill leaves: the checkpoints before it)."""
-
-    def __init__(self, steps: int, crash: bool = False) -> None:
-        self.steps = steps
-        self.crash = crash
-        self.polls = 0
-        self.signal_number: int | None = None
-
-    def __call__(self, checkpoints: bool = True) -> StopAfter:
-        return self
-
-    @property
-    def requested(self) -> bool:
-        self.polls += 1
-        if self.polls == self.steps:
-            if self.crash:
-                raise RuntimeError("simulated kill")
-            self.signal_number = signal.SIGTERM
-        return self.signal_number is not None
-
-    def __enter__(self) -> StopAfter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
+def _simulated_kill() -> None:
+    """What a kill leaves is the checkpoints before it: an exception at that step stands in."""
+    raise RuntimeError("simulated kill")
 
 
 # 820 training rows in batches of 64: 13 batches an epoch, 39 updates in all.
@@ -277,7 +251,7 @@ def test_a_checkpoint_at_an_epochs_last_update_does_not_log_its_metrics_twice(
     straight = quick_run(*every_epoch)
     run_dir = tmp_path / "killed"
     with monkeypatch.context() as patched:
-        patched.setattr(run_module, "SignalStop", StopAfter(17, crash=True))
+        patched.setattr(run_module, "SignalStop", StopAfter(17, then=_simulated_kill))
         with pytest.raises(RuntimeError, match="simulated kill"):
             quick_run(*every_epoch, run_dir=run_dir)
     assert load_checkpoint(run_dir / "checkpoints" / LAST)["step"] == 13

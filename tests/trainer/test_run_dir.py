@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, QuickRun, read_scalars
+from conftest import ROOT, QuickRun, StopAfter, read_scalars
 
 import gradtrain.run as run_module
 from gradtrain.checkpoint import LAST, load_checkpoint
@@ -43,36 +43,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-
-
-class StopAfter:
-    """Stands in for SignalStop: a stop request after `steps` updates (the trainer asks once
-    per update), as if SIGTERM had arrived then; or, with `then`, something else at that
-    poll (a second Ctrl-C, a crash)."""
-
-    def __init__(self, steps: int, then: Callable[[], None] | None = None) -> None:
-        self.steps = steps
-        self.then = then
-        self.polls = 0
-        self.signal_number: int | None = None
-
-    def __call__(self, checkpoints: bool = True) -> StopAfter:  # SignalStop(checkpoints=...)
-        return self
-
-    @property
-    def requested(self) -> bool:
-        self.polls += 1
-        if self.polls == self.steps:
-            if self.then is not None:
-                self.then()
-            self.signal_number = signal.SIGTERM
-        return self.signal_number is not None
-
-    def __enter__(self) -> StopAfter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 def assert_no_step_twice(log_dir: Path) -> None:
