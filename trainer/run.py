@@ -258,11 +258,7 @@ def _write_summary(run_dir: Path, summary: Mapping[str, Any], failing: bool = Fa
     try:
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
     except OSError as exc:
-        message = f"could not write {run_dir / SUMMARY_FILE}: {os_error_text(exc)}"
-        if failing:
-            log.error("gradtrain: %s", message)
-            return
-        raise GradtrainError(message) from exc
+        _write_failed(f"could not write {run_dir / SUMMARY_FILE}", exc, failing)
 
 
 def _close_sink(sink: MetricSink, run_dir: Path) -> None:
@@ -272,11 +268,17 @@ def _close_sink(sink: MetricSink, run_dir: Path) -> None:
     try:
         sink.close()
     except OSError as exc:
-        message = f"could not write to {run_dir / TENSORBOARD_DIR}: {os_error_text(exc)}"
-        if failing:
-            log.error("gradtrain: %s", message)
-            return
-        raise GradtrainError(message) from exc
+        _write_failed(f"could not write to {run_dir / TENSORBOARD_DIR}", exc, failing)
+
+
+def _write_failed(what: str, exc: OSError, failing: bool) -> None:
+    """A write that failed (a full disk): an error of its own, or, while another error is on
+    its way to the user (which matters more), a log line."""
+    message = f"{what}: {os_error_text(exc)}"
+    if failing:
+        log.error("gradtrain: %s", message)
+        return
+    raise GradtrainError(message) from exc
 
 
 def _load_into(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
