@@ -76,7 +76,7 @@ def _screen_hydra_keys() -> None:
     sweeper's arguments, logging factories: any importable callable), right after composing and
     before `main` or anything else of gradtrain runs; a config file (or an override such as
     `+hydra.callbacks.x={_target_:...}`) could reach any object through them. gradtrain lets a
-    config name its own objects only (`gradtrain.config.hydra_config_problems`), so Hydra's
+    config name its own objects only (`gradtrain.hydra_keys.hydra_config_problems`), so Hydra's
     config loader, which every composition goes through, is wrapped to refuse the rest first:
     exit 2, before Hydra has configured logging or made the run folder.
     """
@@ -97,8 +97,8 @@ def _screen_hydra_keys() -> None:
 
 def _exit_on_foreign_objects(hydra_node: DictConfig) -> None:
     """Exit 2 naming each object the `hydra` node names that is not gradtrain's to allow."""
-    from gradtrain.config import hydra_config_problems
     from gradtrain.errors import ConfigError
+    from gradtrain.hydra_keys import hydra_config_problems
 
     problems = hydra_config_problems(_plain(hydra_node))
     if problems:

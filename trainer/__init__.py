@@ -5,6 +5,7 @@ This folder (`trainer/`) is the package `gradtrain`. Its rooms:
 - the core: `config` (every key), `registry`, `build`, `run`, `loop` (the Trainer: `train_step`
   is the lecture's step, `fit` the bookkeeping), `step` (forward and backward of a batch),
   `guard` (non-finite values), `checkpoint`, `distributed`, `signals`, `progress`, `errors`,
+  `memory` (what a config needs), `hydra_keys` (what Hydra's own keys may name),
   `losses`, `models`, `optim` (the lecture's `ManualSGD`), `schedulers`;
 - `metrics`: where numbers go (sinks, the event file, the dashboard layout, parameter stats);
 - `insight`: the lecture made visible (explain, the autograd graph, the gradient check, figures);

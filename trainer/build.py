@@ -29,7 +29,6 @@ from gradtrain.config import (
     SchedulerConfig,
     TensorBoardLoggerConfig,
     VectorModelConfig,
-    memory_report,
 )
 from gradtrain.distributed import (
     is_distributed,
@@ -43,6 +42,7 @@ from gradtrain.errors import ConfigError, GradtrainError
 from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
 from gradtrain.losses import LOSSES, ParameterLoss
+from gradtrain.memory import memory_report
 from gradtrain.metrics.parameter_stats import ParameterStats
 from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
 from gradtrain.models import MODELS, VectorModel

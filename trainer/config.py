@@ -6,13 +6,9 @@ models, reporting every problem at once. After that, code sees typed objects onl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import itertools
-import os
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
@@ -542,149 +538,23 @@ def _monitor_is_reported(trainer: TrainerConfig, dataset: DatasetConfig) -> list
     ]
 
 
-# ------------------------------------------------------------------------------ memory estimate
-# What a run holds at least, from the config alone, so that a size that cannot fit is refused
-# by key before anything is allocated (a tensor of 1e11 floats would fail in torch's allocator,
-# or be granted by the kernel's overcommit and then get the process killed). Lower bounds: sizes
-# known only from the data (a CSV's rows, a model's inputs from them) count as 1 here; build.py
-# catches an allocation that fails all the same.
-FLOAT_BYTES = 4  # float32 weights, gradients, optimizer state and features
-
-
-def _optimizer_copies(optimizer: OptimizerConfig) -> int:
-    """Float32 copies of the weights a run holds: the weights, their gradients and the
-    optimizer's per-weight state."""
-    state = 0
-    if isinstance(optimizer, AdamConfig | AdamWConfig):
-        state = 2  # the two moments
-    elif isinstance(optimizer, ManualSGDConfig | SGDConfig):
-        state = int(optimizer.momentum > 0)  # the velocity
-    elif isinstance(optimizer, RMSpropConfig):
-        state = 1 + (optimizer.momentum > 0) + optimizer.centered  # square avg, buffer, mean
-    elif isinstance(optimizer, LBFGSConfig):
-        state = 2 * optimizer.history_size + 2  # past steps and gradient changes, d, last grad
-    return 2 + state
-
-
-def parameter_count(model: ModelConfig, dataset: DatasetConfig) -> int:
-    """The model's weights, as far as the config tells (a size taken from a CSV counts as 1)."""
-    if isinstance(model, VectorModelConfig):
-        return len(model.init) if model.init is not None else model.size or 1
-    features = getattr(dataset, "n_features", 1)
-    classes = getattr(dataset, "n_classes", 1)
-    inputs = model.in_features or features
-    outputs = model.out_features or (classes if model.name == "logistic" else 1)
-    widths = [inputs, *(model.hidden_sizes if isinstance(model, MLPModelConfig) else []), outputs]
-    bias = not isinstance(model, LinearModelConfig) or model.bias
-    return sum(a * b + (b if bias else 0) for a, b in itertools.pairwise(widths))
-
-
-def memory_needed(
-    model: ModelConfig, dataset: DatasetConfig, optimizer: OptimizerConfig
-) -> dict[str, int]:
-    """Bytes the run holds at least, by section: the model's weights, gradients and optimizer
-    state; a generated data set's rows (features and target), once, then once more split into
-    training and validation rows (build.py keeps both while it splits)."""
-    needed = {"model": parameter_count(model, dataset) * FLOAT_BYTES * _optimizer_copies(optimizer)}
-    if isinstance(dataset, RegressionDatasetConfig | ClassificationDatasetConfig):
-        target_bytes = 8 if isinstance(dataset, ClassificationDatasetConfig) else FLOAT_BYTES
-        row = dataset.n_features * FLOAT_BYTES + target_bytes  # class indices are int64
-        needed["dataset"] = 2 * dataset.n_samples * row
-    return needed
-
-
-def available_memory() -> int | None:
-    """Bytes of memory one process of this run may use: the machine's physical memory, or its
-    container's limit (cgroup v2) when lower, shared by the processes torchrun started on this
-    machine. None where neither can be read."""
-    limits = []
-    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a POSIX system
-        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    with contextlib.suppress(OSError):  # no cgroup v2 limit ("max" has no digits)
-        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if text.isdigit():
-            limits.append(int(text))
-    if not limits:
-        return None
-    return min(limits) // _processes_on_this_machine()
-
-
-def _processes_on_this_machine() -> int:
-    """torchrun's processes on this machine (each holds its own model and data), else 1."""
-    try:
-        return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    except ValueError:
-        return 1
-
-
-def _sizes(model: ModelConfig, dataset: DatasetConfig) -> dict[str, str]:
-    """The keys that set each section's size, as the user would write them."""
-    if isinstance(model, VectorModelConfig):
-        model_keys = (
-            f"model.init ({len(model.init)} values)"
-            if model.init is not None
-            else f"model.size={model.size}"
-        )
-    elif isinstance(model, MLPModelConfig):
-        model_keys = f"model.hidden_sizes={model.hidden_sizes}"
-    else:
-        model_keys = f"model={model.name}"
-    if isinstance(model, LinearModelConfig | LogisticModelConfig | MLPModelConfig):
-        features = model.in_features or getattr(dataset, "n_features", None)
-        model_keys += f" on {features} features" if features is not None else ""
-    data_keys = (
-        f"dataset.n_samples={dataset.n_samples} x dataset.n_features={dataset.n_features}"
-        if isinstance(dataset, RegressionDatasetConfig | ClassificationDatasetConfig)
-        else f"dataset={dataset.name}"
-    )
-    return {"model": model_keys, "dataset": data_keys}
-
-
+# ------------------------------------------------------------------------ fits in memory
 def _fits_in_memory(
     model: ModelConfig, dataset: DatasetConfig, optimizer: OptimizerConfig
 ) -> list[str]:
-    available = available_memory()
-    needed = memory_needed(model, dataset, optimizer)
+    from gradtrain import memory  # (it reads these config models: imported when checked)
+
+    available = memory.available_memory()
+    needed = memory.memory_needed(model, dataset, optimizer)
     if available is None or sum(needed.values()) <= available:
         return []
-    processes = _processes_on_this_machine()
+    processes = memory.processes_on_this_machine()
     shared = f" (this machine's, shared by {processes} torchrun processes)" if processes > 1 else ""
     return [
-        f"{memory_report(model, dataset, optimizer)}, more than the {format_bytes(available)} "
+        f"{memory.memory_report(model, dataset, optimizer)}, more than the "
+        f"{memory.format_bytes(available)} "
         f"this process can have{shared}; make it smaller"
     ]
-
-
-def memory_report(model: ModelConfig, dataset: DatasetConfig, optimizer: OptimizerConfig) -> str:
-    """'model.size=... needs at least 745 GiB of memory (...)': the keys whose sizes take the
-    memory (a section under 1% of it is left out), and what they hold."""
-    needed, keys = memory_needed(model, dataset, optimizer), _sizes(model, dataset)
-    copies = _optimizer_copies(optimizer)
-    state = f" and optimizer={optimizer.name}'s state" if copies > 2 else ""
-    what = {
-        "model": f"{parameter_count(model, dataset):,} float32 weights, with their "
-        f"gradients{state}: {copies} copies",
-        "dataset": "float32 rows of features and a target, twice while they are split",
-    }
-    total = sum(needed.values())
-    parts = [
-        (keys[section], size, what[section])
-        for section, size in sorted(needed.items(), key=lambda item: -item[1])
-        if size >= total / 100
-    ]
-    if len(parts) == 1:
-        ((key, _, held),) = parts
-        return f"{key} needs at least {format_bytes(total)} of memory ({held})"
-    listed = " and ".join(f"{key} ({format_bytes(size)}: {held})" for key, size, held in parts)
-    return f"{listed} need at least {format_bytes(total)} of memory"
-
-
-def format_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.3g} {unit}"
-        size /= 1024
-    return f"{size:,.0f} TiB"
 
 
 _CHECKS: tuple[Callable[..., list[str]], ...] = (
@@ -842,109 +712,3 @@ def _field_adapter(name: str) -> TypeAdapter[Any]:
     field = Config.model_fields[name]
     # Annotated with its FieldInfo, the type keeps the field's discriminator and constraints.
     return TypeAdapter(cast(Any, Annotated[field.annotation, field]))
-
-
-# ------------------------------------------------------------------------- Hydra's own keys
-# Hydra instantiates objects named under `hydra.*` itself, before gradtrain sees the config:
-# each `hydra.callbacks` entry's `_target_` (any importable callable), the launcher's and the
-# sweeper's arguments (recursively, wherever a `_target_` appears), Optuna's sampler and
-# `custom_search_space`, and the logging configs' factories (`()`) and classes, through
-# `logging.config.dictConfig`. So that a config reaches only gradtrain's own objects, train.py
-# screens the composed `hydra` node with `hydra_config_problems` before Hydra acts on it.
-HYDRA_CALLBACKS = (
-    "gradtrain.sweeps.summary.SweepSummary",
-    "gradtrain.sweeps.figure_callback.TrajectoryFigureCallback",
-)
-# The samplers hydra-optuna-sweeper's own configs name (hydra/sweeper/sampler=tpe, ...).
-OPTUNA_SAMPLERS = tuple(
-    f"optuna.samplers.{name}"
-    for name in (
-        "TPESampler",
-        "RandomSampler",
-        "GridSampler",
-        "CmaEsSampler",
-        "NSGAIISampler",
-        "MOTPESampler",
-        "QMCSampler",
-    )
-)
-# Hydra itself instantiates only installed Hydra plugins for these two.
-_PLUGIN_TARGETS = ("launcher._target_", "sweeper._target_")
-
-
-def hydra_config_problems(hydra: Mapping[str, Any]) -> list[str]:
-    """One line per object the `hydra` node (plain data) would have Hydra create that is not
-    gradtrain's callbacks, a Hydra plugin, one of Optuna's samplers or a logging class."""
-    problems = hydra_callback_problems(hydra.get("callbacks"))
-    for key, value in _leaves(hydra):
-        name = key.rsplit(".", 1)[-1]
-        if key.startswith("callbacks.") or key in _PLUGIN_TARGETS:
-            continue
-        if name == "_target_" and not (
-            key == "sweeper.sampler._target_" and value in OPTUNA_SAMPLERS
-        ):
-            allowed = " (one of Optuna's samplers)" if key == "sweeper.sampler._target_" else ""
-            problems.append(
-                f"hydra.{key}={value}: Hydra would instantiate it{allowed}; a config names "
-                "only gradtrain's own objects"
-            )
-        elif key == "sweeper.custom_search_space" and value is not None:
-            problems.append(
-                f"hydra.{key}={value}: the Optuna sweeper would call it; a config names only "
-                "gradtrain's own objects (give the search space in hydra.sweeper.params)"
-            )
-        elif key.startswith(("hydra_logging.", "job_logging.")) and (
-            name == "()" or (name == "class" and not _is_logging_class(value))
-        ):
-            problems.append(
-                f"hydra.{key}={value}: logging's configuration may name the logging module's "
-                "handlers, formatters and filters by `class` only (logging.StreamHandler, "
-                "logging.FileHandler, logging.Formatter, ...), no factory `()`"
-            )
-    return problems
-
-
-def hydra_callback_problems(callbacks: Mapping[str, Any] | None) -> list[str]:
-    """One line per `hydra.callbacks` entry that is not exactly one of HYDRA_CALLBACKS (without
-    arguments, which Hydra would instantiate too, recursively)."""
-    problems = []
-    for name, entry in (callbacks or {}).items():
-        if entry is None:  # (what `hydra.callbacks.x=null` leaves; Hydra creates nothing)
-            continue
-        target = entry.get("_target_") if isinstance(entry, Mapping) else None
-        if target in HYDRA_CALLBACKS and set(entry) == {"_target_"}:
-            continue
-        shown = f"_target_={target}" if target is not None else f"{entry!r}"
-        problems.append(
-            f"hydra.callbacks.{name}: {shown} is not one of gradtrain's callbacks; a config "
-            f"names only gradtrain's own objects: {', '.join(HYDRA_CALLBACKS)} (without "
-            f"arguments); remove it with ~hydra.callbacks.{name}"
-        )
-    return problems
-
-
-def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every value that is not a mapping or a list, at any depth."""
-    items = node.items() if isinstance(node, Mapping) else enumerate(node)
-    for key, value in items:
-        if isinstance(value, Mapping | list):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def _is_logging_class(name: Any) -> bool:
-    """Whether `name` is `logging.<Class>` or `logging.handlers.<Class>`, a Handler, Formatter
-    or Filter: a dotted name is not enough (`logging.os.system` reaches `os` through it)."""
-    import importlib
-    import logging
-    import re
-
-    match = (
-        re.fullmatch(r"(logging(?:\.handlers)?)\.(\w+)", name) if isinstance(name, str) else None
-    )
-    if match is None:
-        return False
-    found = getattr(importlib.import_module(match[1]), match[2], None)
-    kinds = (logging.Handler, logging.Formatter, logging.Filter)
-    return isinstance(found, type) and issubclass(found, kinds)

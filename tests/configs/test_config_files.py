@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from gradtrain.config import (
     Config,
     TrainerConfig,
-    hydra_config_problems,
     section_options,
     validate_config,
 )
+from gradtrain.hydra_keys import hydra_config_problems
 from gradtrain.losses import LOSSES
 from gradtrain.models import MODELS
 from gradtrain.optim import OPTIMIZERS

@@ -390,17 +390,17 @@ def test_sizes_beyond_this_machines_memory_are_refused_by_key(
 def test_the_memory_estimate_counts_weights_gradients_optimizer_state_and_data(
     composed: Callable[..., dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gradtrain import config
+    from gradtrain import memory
 
     cfg = validate_config(composed("experiment=linear_regression", "optimizer=adam"))
     # nn.Linear(8, 1): 9 parameters; weights, gradients and Adam's two moments: 4 copies.
     # The data: 1024 rows of 8 float32 features and a float32 target, and their split.
-    needed = config.memory_needed(cfg.model, cfg.dataset, cfg.optimizer)
+    needed = memory.memory_needed(cfg.model, cfg.dataset, cfg.optimizer)
     assert needed == {"model": 9 * 4 * 4, "dataset": 2 * 1024 * 9 * 4}
-    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16 - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16 - 1)
     (problem,) = problems_for(composed("experiment=linear_regression", "optimizer=adam"))
     assert problem.startswith("dataset.n_samples=1024 x dataset.n_features=8 needs at least")
-    monkeypatch.setattr(config, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16)
+    monkeypatch.setattr(memory, "available_memory", lambda: 2 * 1024 * 9 * 4 + 9 * 16)
     validate_config(composed("experiment=linear_regression", "optimizer=adam"))
 
 
