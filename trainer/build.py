@@ -73,7 +73,6 @@ class Components:
     scheduler: LRScheduler | None
     data: Data
     device: torch.device
-    parameter_stats: ParameterStats | None = None  # (needs the sink: see build_parameter_stats)
 
     @property
     def module(self) -> nn.Module:
@@ -81,14 +80,13 @@ class Components:
         return unwrap(self.model)
 
 
-def build(cfg: Config, sink: MetricSink | None = None) -> Components:
+def build(cfg: Config) -> Components:
     """The model, loss, optimizer, scheduler and data of a validated config (the seed is set by
     the caller). Under torchrun (the process group already joined) the model is wrapped in
     DistributedDataParallel and each process loads its shard of the data.
 
     Everything that can refuse the config once the data is known (a CSV, sizes, an epoch
-    without a batch) happens here, so `run` calls this before it writes anything; the
-    parameter statistics, which write into the sink, come with a sink only."""
+    without a batch) happens here, so `run` calls this before it writes anything."""
     if is_distributed() and cfg.optimizer.name == "lbfgs":
         # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
         # ranks would disagree on the number of backward passes (and all-reduces) and hang.
@@ -111,7 +109,6 @@ def build(cfg: Config, sink: MetricSink | None = None) -> Components:
         scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
         data=data,
         device=device,
-        parameter_stats=None if sink is None else build_parameter_stats(cfg.logger, sink, model),
     )
 
 
@@ -191,9 +188,9 @@ def build_trainer(
     trajectory: Trajectory | None = None,
     components: Components | None = None,
 ) -> Trainer:
-    """A Trainer for a validated config: `build(cfg, sink)` (unless the components are given),
-    handed over whole at construction."""
-    parts = components if components is not None else build(cfg, sink)
+    """A Trainer for a validated config: `build(cfg)` (unless the components are given) and
+    the parameter statistics that write into `sink`, handed over whole at construction."""
+    parts = components if components is not None else build(cfg)
     return Trainer(
         parts.model,
         parts.loss_fn,
@@ -208,7 +205,7 @@ def build_trainer(
         checkpointer=checkpointer,
         stop_request=stop_request,
         trajectory=trajectory,
-        parameter_stats=parts.parameter_stats,
+        parameter_stats=build_parameter_stats(cfg.logger, sink, parts.module),
     )
 
 

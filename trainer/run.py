@@ -22,7 +22,6 @@ import torch
 
 from gradtrain.build import (
     build,
-    build_parameter_stats,
     build_sink,
     build_trainer,
     resolve_device,
@@ -150,7 +149,6 @@ def _run(
         if main
         else NullSink()
     )
-    parts.parameter_stats = build_parameter_stats(cfg.logger, sink, parts.module)
     stop = SignalStop(checkpoints=cfg.trainer.save_checkpoints)
     device = local_device(resolve_device(cfg.trainer.device))
     stop_request = (
