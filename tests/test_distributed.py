@@ -150,7 +150,11 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_to_the_same_weigh
         *JOB,
         "trainer.resume=auto",
         "trainer.checkpoint_every_n_steps=4",
-        launcher=("--max-restarts=1",),
+        # Two restarts allowed, one needed: a restarted round has once (in CI) aborted inside
+        # gloo's connection set-up ("terminate called without an active exception") before any
+        # gradtrain code ran; torchrun retries such a round, and what this test checks is that
+        # the round that trains resumes from the checkpoint to the same weights.
+        launcher=("--max-restarts=2",),
     )
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
