@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gradtrain.plugin_configs import add_plugin_configs
 from gradtrain.sweeps.summary import sweep_exit_status
 
 
@@ -172,6 +173,7 @@ def _quiet_worker_overrides() -> list[str]:
 if __name__ == "__main__":
     sys.argv += _quiet_worker_overrides()
     _screen_hydra_keys()
+    add_plugin_configs()  # installed plugins' YAML (model=polynomial): README, Plugins
     main()
     # Every file the run writes is closed by now (logging's handlers close at exit). Exempt the
     # objects torch, Hydra and pydantic created from the interpreter's final garbage collection,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,7 +20,9 @@ from gradtrain.config import (
     CsvDatasetConfig,
     DatasetConfig,
     LinearModelConfig,
+    LoaderSettings,
     LoggerConfig,
+    LogisticModelConfig,
     LossConfig,
     MLPModelConfig,
     NoDatasetConfig,
@@ -29,6 +31,7 @@ from gradtrain.config import (
     SchedulerConfig,
     TensorBoardLoggerConfig,
     VectorModelConfig,
+    dataset_task,
 )
 from gradtrain.distributed import (
     is_distributed,
@@ -47,9 +50,17 @@ from gradtrain.metrics.parameter_stats import ParameterStats
 from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
 from gradtrain.models import MODELS, VectorModel
 from gradtrain.optim import OPTIMIZERS
+from gradtrain.registry import Registry
 from gradtrain.schedulers import SCHEDULERS
 
+if TYPE_CHECKING:
+    from gradtrain.datasets import InMemoryDataset
+
 log = logging.getLogger("gradtrain")
+
+# gradtrain's own datasets are built by config type in `build_data`; installed plugins add theirs
+# here (gradtrain.plugins), each a factory returning a gradtrain.datasets.InMemoryDataset.
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
 
 
 @dataclass
@@ -61,6 +72,21 @@ class Data:
     n_features: int | None = None
     n_classes: int | None = None  # classification only
     class_names: list[str] | None = None  # classification: index -> label in the source
+    # What predictions on new rows need (gradtrain.inference): the feature columns by name
+    # (x0, x1, ... for generated data), and the training split's statistics the features were
+    # standardised with (None: they were not).
+    feature_names: list[str] | None = None
+    feature_mean: torch.Tensor | None = None
+    feature_std: torch.Tensor | None = None
+
+    def inference_facts(self) -> dict[str, Any]:
+        """These facts as plain data and tensors (checkpoints store them: weights_only)."""
+        return {
+            "feature_names": self.feature_names,
+            "class_names": self.class_names,
+            "feature_mean": self.feature_mean,
+            "feature_std": self.feature_std,
+        }
 
 
 @dataclass
@@ -219,13 +245,13 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         return Data()
     from gradtrain.datasets import (
         ClassificationDataset,
-        InMemoryDataset,
         RegressionDataset,
         build_dataloader,
         load_csv,
     )
 
     class_names: list[str] | None = None
+    feature_names: list[str] | None = None
     dataset: InMemoryDataset
     if isinstance(cfg, RegressionDatasetConfig):
         dataset = RegressionDataset(cfg.n_samples, cfg.n_features, cfg.noise, seed=seed)
@@ -234,9 +260,12 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             cfg.n_samples, cfg.n_features, cfg.n_classes, cfg.shape, cfg.spread, seed=seed
         )
         class_names = [str(i) for i in range(cfg.n_classes)]
+    elif not isinstance(cfg, CsvDatasetConfig):  # an installed plugin's (gradtrain.plugins)
+        dataset, class_names = _plugin_dataset(cfg, seed)
     else:
         table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
         dataset = table.dataset
+        feature_names = list(table.feature_names)
         if cfg.task == "classification":
             class_names = table.class_names
             log.info("Classes of '%s': %s", cfg.target, table.describe_classes())
@@ -249,6 +278,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
                 f"{len(dataset)}; lower it"
             ]
         )
+    mean = std = None
     if isinstance(cfg, CsvDatasetConfig) and cfg.standardize:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation
         train, val = train.standardized(mean, std), val.standardized(mean, std)
@@ -275,7 +305,31 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         n_features=dataset.n_features,
         n_classes=len(class_names) if class_names is not None else None,
         class_names=class_names,
+        feature_names=feature_names or [f"x{i}" for i in range(dataset.n_features)],
+        feature_mean=mean,
+        feature_std=std,
     )
+
+
+# A dataset plugin's keys that gradtrain itself reads (how the rows are split and served).
+_LOADER_KEYS = {"name", "task", *LoaderSettings.model_fields}
+
+
+def _plugin_dataset(cfg: DatasetConfig, seed: int) -> tuple[InMemoryDataset, list[str] | None]:
+    """An installed plugin's dataset, built by its factory from its own keys and the seed,
+    and its class names (the class indices as text) when it is a classification task."""
+    from gradtrain.datasets import InMemoryDataset
+
+    dataset = DATASETS.get(cfg.name)(**cfg.model_dump(exclude=_LOADER_KEYS), seed=seed)
+    if not isinstance(dataset, InMemoryDataset):
+        raise GradtrainError(
+            f"dataset={cfg.name} (a plugin) built a {type(dataset).__name__}, not the "
+            "gradtrain.datasets.InMemoryDataset a dataset plugin's factory must return"
+        )
+    if dataset_task(cfg) != "classification":
+        return dataset, None
+    n_classes = int(dataset.targets.max()) + 1 if len(dataset) else 0
+    return dataset, [str(i) for i in range(n_classes)]
 
 
 def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
@@ -289,19 +343,24 @@ def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:
             raise GradtrainError(f"loss={cfg.loss.name} has no standard start; set model.init")
         return VectorModel(loss.standard_start)
 
-    in_features = model_cfg.in_features or data.n_features
+    in_features = getattr(model_cfg, "in_features", None) or data.n_features
     if in_features != data.n_features:
         raise GradtrainError(
             f"model.in_features={in_features} but the dataset has {data.n_features} "
             "features; set model.in_features=null to take it from the dataset"
         )
     out_features = _output_size(cfg.loss.name, data)
-    if model_cfg.out_features is not None and model_cfg.out_features != out_features:
+    given_out = getattr(model_cfg, "out_features", None)
+    if given_out is not None and given_out != out_features:
         raise GradtrainError(
-            f"model.out_features={model_cfg.out_features} but loss={cfg.loss.name} on this "
+            f"model.out_features={given_out} but loss={cfg.loss.name} on this "
             f"data needs {out_features}; set model.out_features=null to infer it"
         )
     model_class = MODELS.get(model_cfg.name)
+    if not isinstance(model_cfg, LinearModelConfig | LogisticModelConfig | MLPModelConfig):
+        # An installed plugin's model (gradtrain.plugins): sizes first, then its own keys.
+        keys = model_cfg.model_dump(exclude={"name", "in_features", "out_features"})
+        return model_class(in_features, out_features, **keys)
     if isinstance(model_cfg, MLPModelConfig):
         return model_class(
             in_features,

@@ -189,16 +189,27 @@ class CheckpointWriter:
     """Keeps `<dir>/last.pt` current and the newest `keep` `step_<N>.pt` files.
 
     `config`: the run's validated config as plain data, stored in every checkpoint so that a
-    resumed run can tell whether it is continuing the same training (`trainer.run`)."""
+    resumed run can tell whether it is continuing the same training (`trainer.run`). `data`:
+    what predictions need besides the weights (`build.Data.inference_facts`: feature and class
+    names, standardisation statistics), stored as "data" (`gradtrain.inference`)."""
 
-    def __init__(self, directory: Path, keep: int, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        keep: int,
+        config: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
         self.directory = directory
         self.keep = keep
         self.config = dict(config) if config is not None else None
+        self.data = dict(data) if data is not None else None
 
     def save(self, payload: dict[str, Any], step: int) -> Path:
         if self.config is not None:
             payload = {**payload, "config": self.config}
+        if self.data is not None:
+            payload = {**payload, "data": self.data}
         step_path = self.directory / f"step_{step}.pt"
         for path in ([step_path] if self.keep > 0 else []) + [self.directory / LAST]:
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, Literal, cast, get_args
 
@@ -206,8 +207,9 @@ DatasetConfig = Annotated[
 
 
 def dataset_task(cfg: DatasetConfig) -> str | None:
-    if isinstance(cfg, CsvDatasetConfig):
-        return cfg.task
+    task = getattr(cfg, "task", None)  # csv's key, or a plugin dataset's (gradtrain.plugins)
+    if task in ("regression", "classification"):
+        return cast(str, task)
     return {"regression": "regression", "classification": "classification"}.get(cfg.name)
 
 
@@ -414,12 +416,47 @@ class Config(StrictModel):
         return self
 
 
-def section_options(section: str) -> dict[str, type[StrictModel]]:
-    """The models a config group can choose, by `name`: `optimizer` -> {"sgd": SGDConfig, ...}."""
+def section_options(section: str, schema: type[Config] = Config) -> dict[str, type[StrictModel]]:
+    """The models a config group can choose, by `name`: `optimizer` -> {"sgd": SGDConfig, ...}
+    (`schema`: Config, or `schema_for`'s with installed plugins' models)."""
     return {
         get_args(option.model_fields["name"].annotation)[0]: option
-        for option in get_args(Config.model_fields[section].annotation)
+        for option in get_args(schema.model_fields[section].annotation)
     }
+
+
+# ------------------------------------------------------------------------ installed plugins
+def schema_for(raw: Mapping[str, Any]) -> type[Config]:
+    """Config, or, when `raw` chooses a component an installed plugin adds (gradtrain.plugins),
+    a subclass whose section takes that plugin's config model too; a name that is neither
+    built in nor a plugin's brings in all of the section's plugins, so the error lists them."""
+    from gradtrain import plugins
+
+    added: dict[str, tuple[type[StrictModel], ...]] = {}
+    for section in plugins.SECTIONS:
+        chosen = raw.get(section)
+        name = chosen.get("name") if isinstance(chosen, Mapping) else None
+        if not isinstance(name, str) or name in section_options(section):
+            continue
+        installed = plugins.names(section)
+        wanted = [name] if name in installed else installed
+        loaded = [found for n in wanted if (found := plugins.component(section, n)) is not None]
+        if loaded:
+            added[section] = tuple(found.config for found in loaded)
+    return _with_plugins(tuple(added.items())) if added else Config
+
+
+@functools.cache
+def _with_plugins(added: tuple[tuple[str, tuple[type[StrictModel], ...]], ...]) -> type[Config]:
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for section, models in added:
+        field = Config.model_fields[section]
+        options: Any = functools.reduce(operator.or_, (*get_args(field.annotation), *models))
+        default = ... if field.is_required() else field.get_default()
+        fields[section] = (Annotated[options, Field(discriminator="name")], default)
+    return cast(type[Config], create_model("Config", __base__=Config, **fields))
 
 
 # ------------------------------------------------------------------------------ cross-group checks
@@ -595,12 +632,12 @@ def _error_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def _describe(error: Any, raw: Mapping[str, Any]) -> str:
+def _describe(error: Any, raw: Mapping[str, Any], schema: type[Config] = Config) -> str:
     key = _error_key(tuple(error["loc"]), raw)
     kind = error["type"]
     if kind == "extra_forbidden":
         section = key.rsplit(".", 1)[0] if "." in key else ""
-        return f"{key}: unknown key{_allowed_keys_hint(section, raw)}"
+        return f"{key}: unknown key{_allowed_keys_hint(section, raw, schema)}"
     if kind == "union_tag_invalid":
         return f"{key}.name: {error['msg']}"
     message = error["msg"]
@@ -610,23 +647,25 @@ def _describe(error: Any, raw: Mapping[str, Any]) -> str:
     return f"{key}: {message}{got}" if key else message
 
 
-def _allowed_keys_hint(section: str, raw: Mapping[str, Any]) -> str:
-    model = _section_model(section, raw)
+def _allowed_keys_hint(section: str, raw: Mapping[str, Any], schema: type[Config] = Config) -> str:
+    model = _section_model(section, raw, schema)
     if model is None:
         return ""
     return f"; allowed keys: {', '.join(model.model_fields)}"
 
 
-def _section_model(section: str, raw: Mapping[str, Any]) -> type[BaseModel] | None:
+def _section_model(
+    section: str, raw: Mapping[str, Any], schema: type[Config] = Config
+) -> type[BaseModel] | None:
     """The model whose fields a section's keys are ("" is the top level), or None."""
     if not section:
-        return Config
+        return schema
     if section == "trainer":
         return TrainerConfig
     if section in _UNION_SECTIONS:
         chosen = raw.get(section)
         name = chosen.get("name") if isinstance(chosen, Mapping) else None
-        return section_options(section).get(name) if isinstance(name, str) else None
+        return section_options(section, schema).get(name) if isinstance(name, str) else None
     return None
 
 
@@ -656,9 +695,9 @@ def _without_missing(raw: Any) -> Any:
     return raw
 
 
-def _missing_problem(key: str, raw: Mapping[str, Any]) -> str:
+def _missing_problem(key: str, raw: Mapping[str, Any], schema: type[Config] = Config) -> str:
     section, _, name = key.rpartition(".")
-    model = _section_model(section, raw)
+    model = _section_model(section, raw, schema)
     field = model.model_fields.get(name) if model is not None else None
     example = field.examples[0] if field is not None and field.examples else "<value>"
     return (
@@ -673,8 +712,9 @@ def validate_config(raw: Mapping[str, Any]) -> Config:
     the sections that validated."""
     missing = list(_missing_keys(raw))
     given = _without_missing(raw)
+    schema = schema_for(given)
     try:
-        config = Config.model_validate(given)
+        config = schema.model_validate(given)
     except ValidationError as exc:
         errors = exc.errors()
     else:
@@ -693,22 +733,24 @@ def validate_config(raw: Mapping[str, Any]) -> Config:
     failed = {error["loc"][0] for error in field_errors} | {k.split(".")[0] for k in missing}
     # (A required key left out is an error under its own name, so it is in `failed`.)
     valid = {
-        name: _validate_section(name, given) for name in Config.model_fields if name not in failed
+        name: _validate_section(name, given, schema)
+        for name in schema.model_fields
+        if name not in failed
     }
-    problems = [_missing_problem(key, given) for key in missing]
-    problems += [_describe(error, given) for error in field_errors]
+    problems = [_missing_problem(key, given, schema) for key in missing]
+    problems += [_describe(error, given, schema) for error in field_errors]
     raise ConfigError(problems + compatibility_problems(valid))
 
 
-def _validate_section(name: str, raw: Mapping[str, Any]) -> object:
+def _validate_section(name: str, raw: Mapping[str, Any], schema: type[Config] = Config) -> object:
     """One top-level key of Config on its own (its default when `raw` leaves it out)."""
     if name not in raw:
-        return Config.model_fields[name].get_default()
-    return _field_adapter(name).validate_python(raw[name])
+        return schema.model_fields[name].get_default()
+    return _field_adapter(name, schema).validate_python(raw[name])
 
 
 @functools.cache  # built only when a config fails, once per key
-def _field_adapter(name: str) -> TypeAdapter[Any]:
-    field = Config.model_fields[name]
+def _field_adapter(name: str, schema: type[Config] = Config) -> TypeAdapter[Any]:
+    field = schema.model_fields[name]
     # Annotated with its FieldInfo, the type keeps the field's discriminator and constraints.
     return TypeAdapter(cast(Any, Annotated[field.annotation, field]))

@@ -53,6 +53,8 @@ def parameter_count(model: ModelConfig, dataset: DatasetConfig) -> int:
     """The model's weights, as far as the config tells (a size taken from a CSV counts as 1)."""
     if isinstance(model, VectorModelConfig):
         return len(model.init) if model.init is not None else model.size or 1
+    if not isinstance(model, LinearModelConfig | LogisticModelConfig | MLPModelConfig):
+        return 0  # an installed plugin's model (gradtrain.plugins): its size is its own
     features = getattr(dataset, "n_features", 1)
     classes = getattr(dataset, "n_classes", 1)
     inputs = model.in_features or features

@@ -7,7 +7,7 @@ can never reach an arbitrary importable object the way a free-form `_target_` co
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -29,6 +29,10 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        if name not in self._entries:
+            found = self._plugin(name)
+            if found is not None:
+                return found
         try:
             return self._entries[name]
         except KeyError:
@@ -37,4 +41,15 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """The registered names and those installed plugins add (gradtrain.plugins)."""
+        from gradtrain import plugins
+
+        return sorted({*self._entries, *plugins.names(self.kind)})
+
+    def _plugin(self, name: str) -> T | None:
+        """The factory of the installed plugin `<kind>.<name>`, or None: only entry points of
+        installed distributions are looked up, never an arbitrary import."""
+        from gradtrain import plugins
+
+        found = plugins.component(self.kind, name)
+        return cast(T, found.build) if found is not None else None

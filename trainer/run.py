@@ -133,6 +133,7 @@ def _run(
                 run_dir / CHECKPOINT_DIR,
                 keep=cfg.trainer.keep_checkpoints,
                 config=cfg.model_dump(mode="json"),
+                data=parts.data.inference_facts(),
             )
             if main
             else NullCheckpointWriter()
