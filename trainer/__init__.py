@@ -12,5 +12,18 @@ This folder (`trainer/`) is the package `gradtrain`. Its rooms:
 - `sweeps`: one job of a sweep, the monitored metric, the sweep summary and figure;
 - `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`).
 
-Nothing is imported here, so `import gradtrain.config` does not load torch.
+Nothing heavy is imported here, so `import gradtrain.config` does not load torch.
 """
+
+import importlib as _importlib
+
+# The public API, imported on first use (`gradtrain.load_run`), so that importing the package
+# (or `gradtrain.config`) still loads nothing heavy: name -> the module that defines it.
+_PUBLIC = {"load_run": "gradtrain.inference"}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC:
+        return getattr(_importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'gradtrain' has no attribute {name!r}")
