@@ -247,3 +247,52 @@ def test_a_run_without_data_has_nothing_to_predict(quick_run: Callable[..., Any]
     result = quick_run("loss=quadratic", "trainer.save_checkpoints=true")
     with pytest.raises(GradtrainError, match="trained on no data"):
         gradtrain.load_run(result.run_dir)
+
+
+def test_exported_weights_predict_the_same_with_torch_alone(
+    tmp_path: Path, quick_run: Callable[..., Any]
+) -> None:
+    """The README's export (Predictions): a plain state_dict and a JSON of the config and the
+    data's facts rebuild the model with torch alone."""
+    import json
+
+    rng = random.Random(2)
+    rows = [
+        [a := round(rng.gauss(120, 30), 2), r := rng.randint(1, 6), 3 * a + 20 * r]
+        for _ in range(60)
+    ]
+    data = _write_csv(tmp_path / "houses.csv", ["area", "rooms", "price"], rows)
+    result = quick_run(
+        "experiment=csv_regression",
+        f"dataset.path={data}",
+        "dataset.target=price",
+        "trainer.max_steps=30",
+        "trainer.max_epochs=null",
+        "trainer.save_checkpoints=true",
+        "trainer.keep_checkpoints=0",
+    )
+    run = gradtrain.load_run(result.run_dir)
+    torch.save(run.model.state_dict(), tmp_path / "houses.pt")
+
+    def plain(t: torch.Tensor | None) -> list[float] | None:
+        return None if t is None else t.tolist()
+
+    meta = {
+        "config": run.config.model_dump(mode="json"),
+        "features": run.feature_names,
+        "classes": run.class_names,
+        "mean": plain(run.feature_mean),
+        "std": plain(run.feature_std),
+    }
+    (tmp_path / "houses.json").write_text(json.dumps(meta))
+
+    meta = json.loads((tmp_path / "houses.json").read_text())
+    model = torch.nn.Linear(len(meta["features"]), 1)
+    model.load_state_dict(torch.load(tmp_path / "houses.pt", weights_only=True))
+    x = torch.tensor([[120.0, 4.0], [55.0, 2.0]])
+    assert meta["mean"] is not None  # csv_regression standardises
+    x = (x - torch.tensor(meta["mean"])) / torch.tensor(meta["std"])
+    alone = model(x).squeeze(-1).tolist()
+    with_gradtrain = run.predict([{"area": 120.0, "rooms": 4}, {"rooms": 2, "area": 55.0}])
+    assert alone == pytest.approx(with_gradtrain, rel=1e-6)
+    assert meta["config"]["model"]["name"] == "linear"
