@@ -296,3 +296,10 @@ def test_exported_weights_predict_the_same_with_torch_alone(
     with_gradtrain = run.predict([{"area": 120.0, "rooms": 4}, {"rooms": 2, "area": 55.0}])
     assert alone == pytest.approx(with_gradtrain, rel=1e-6)
     assert meta["config"]["model"]["name"] == "linear"
+
+
+def test_load_run_predicts_a_pandas_data_frame(species_run: Path) -> None:
+    pandas = pytest.importorskip("pandas")
+    run = gradtrain.load_run(species_run)
+    frame = pandas.DataFrame({"sepal": [10.0, 13.0], "petal": [0.0, 6.0], "id": ["a", "b"]})
+    assert run.predict(frame) == ["setosa", "virginica"]

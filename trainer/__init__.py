@@ -10,6 +10,8 @@ This folder (`trainer/`) is the package `gradtrain`. Its rooms:
 - `metrics`: where numbers go (sinks, the event file, the dashboard layout, parameter stats);
 - `insight`: the lecture made visible (explain, the autograd graph, the gradient check, figures);
 - `sweeps`: one job of a sweep, the monitored metric, the sweep summary and figure;
+- `plugins` (installed packages' components, entry points `gradtrain.plugins`) and
+  `plugin_configs` (their YAML on Hydra's search path); `inference` (`load_run`: predictions);
 - `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`).
 
 Nothing heavy is imported here, so `import gradtrain.config` does not load torch.
