@@ -303,3 +303,16 @@ def test_load_run_predicts_a_pandas_data_frame(species_run: Path) -> None:
     run = gradtrain.load_run(species_run)
     frame = pandas.DataFrame({"sepal": [10.0, 13.0], "petal": [0.0, 6.0], "id": ["a", "b"]})
     assert run.predict(frame) == ["setosa", "virginica"]
+
+
+def test_a_header_only_file_gives_a_header_only_output_and_a_prediction_column_is_refused(
+    species_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = _write_csv(tmp_path / "empty.csv", ["sepal", "petal"], [])
+    out = tmp_path / "out.csv"
+    assert predict_script.main([str(species_run), str(empty), str(out)]) == 0
+    assert out.read_text() == "sepal,petal,prediction\n"
+    taken = _write_csv(tmp_path / "taken.csv", ["sepal", "petal", "prediction"], [[1, 2, "x"]])
+    assert predict_script.main([str(species_run), str(taken), str(tmp_path / "o.csv")]) == 1
+    assert "already has a column 'prediction'" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()

@@ -99,7 +99,9 @@ class LoadedRun:
             if not isinstance(record, Mapping):
                 raise TypeError(f"{source}: row {number} is a {type(record).__name__}, not a dict")
             values.append([_number(source, number, name, record) for name in self.feature_names])
-        inputs = torch.tensor(values, dtype=torch.float32).reshape(len(values), -1)
+        inputs = torch.tensor(values, dtype=torch.float32).reshape(
+            len(values), len(self.feature_names)
+        )
         if self.feature_mean is not None and self.feature_std is not None:
             inputs = (inputs - self.feature_mean) / self.feature_std
         return inputs
