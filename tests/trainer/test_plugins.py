@@ -231,3 +231,56 @@ def test_without_the_plugin_its_names_are_gone(quick_config: Callable[..., dict[
     raw["model"] = {"name": "scaled_linear"}
     (problem,) = _problems(raw)
     assert problem.startswith("model.name:") and "'linear'" in problem
+
+
+# ------------------------------------------------------------------ examples/plugin, in-process
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plugin"
+EXAMPLE_ENTRY_POINT = '"model.polynomial" = "gradtrain_polynomial:polynomial"'
+
+
+@pytest.fixture
+def example_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """examples/plugin's sources on sys.path with the metadata pip would write for them (the
+    slow tests/test_plugin_package.py pip-installs it for real)."""
+    assert EXAMPLE_ENTRY_POINT in (EXAMPLE / "pyproject.toml").read_text()
+    dist_info = tmp_path / "gradtrain_polynomial-0.1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: gradtrain-polynomial\nVersion: 0.1.0\n"
+    )
+    (dist_info / "entry_points.txt").write_text(
+        "[gradtrain.plugins]\nmodel.polynomial = gradtrain_polynomial:polynomial\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    plugins.rescan()
+    add_plugin_configs()
+    yield
+    sys.modules.pop("gradtrain_polynomial", None)
+    monkeypatch.undo()
+    plugins.rescan()
+
+
+def test_example_polynomial_trains_and_its_yaml_matches_its_config_model(
+    example_plugin: None, quick_run: Callable[..., Any], quick_config: Callable[..., Any]
+) -> None:
+    from gradtrain.config import schema_for, section_options
+
+    raw = quick_config("experiment=linear_regression", "model=polynomial", "model.degree=3")
+    model_options = section_options("model", schema_for(raw))
+    assert list(raw["model"]) == list(model_options["polynomial"].model_fields)
+    result = quick_run(
+        "experiment=linear_regression",
+        "model=polynomial",
+        "model.degree=3",
+        "trainer.max_steps=100",
+    )
+    assert result.summary["status"] == "completed"
+    assert result.summary["final_loss"] < 0.5
+
+
+def test_example_polynomial_degree_zero_is_refused_by_key(
+    example_plugin: None, quick_config: Callable[..., Any]
+) -> None:
+    raw = quick_config("experiment=linear_regression", "model=polynomial", "model.degree=0")
+    assert _problems(raw) == ["model.degree: Input should be greater than 0 (got 0)"]
