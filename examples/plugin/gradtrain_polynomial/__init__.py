@@ -38,6 +38,9 @@ class PolynomialModel(nn.Module):
     standardised features every power then has a spread near 1, so a learning rate that suits
     a linear model suits this one (unscaled, x**3 makes SGD at lr=0.1 diverge)."""
 
+    powers: Tensor  # (degree,): 1, 2, ..., degree (buffers: saved with the weights)
+    scales: Tensor  # (degree,): s_1, ..., s_degree
+
     def __init__(self, in_features: int, out_features: int, degree: int = 2) -> None:
         super().__init__()
         self.degree = degree
