@@ -56,7 +56,10 @@ REGRESSION = [
 
 def write_csv(path: Path, features: np.ndarray, target: np.ndarray) -> None:
     header = [f"x{i}" for i in range(features.shape[1])] + ["target"]
-    rows = [",".join(map(repr, [*map(float, x), t.item()])) for x, t in zip(features, target, strict=True)]
+    rows = [
+        ",".join(map(repr, [*map(float, x), t.item()]))
+        for x, t in zip(features, target, strict=True)
+    ]
     path.write_text(",".join(header) + "\n" + "\n".join(rows) + "\n")
 
 
