@@ -65,7 +65,7 @@ def check(experiment: str, dataset: str, optimizer: str, csv: Path, run_dir: Pat
     return kind
 
 
-# The default suite's share (composing takes about 0.1 s, so the 180 of the full matrix are
+# The default suite's share (one composition takes 0.1-0.3 s, so the full matrix's 180 are
 # slow): every preset on your CSV and on no data, every dataset under one preset, and the
 # full-batch optimizer (whose batch covers these 32 training rows) on each preset with data.
 DATA_PRESETS = {
