@@ -16,11 +16,13 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -87,13 +89,48 @@ def _screen_hydra_keys() -> None:
 
     @functools.wraps(load)
     def screened(self: ConfigLoaderImpl, *args: Any, **kwargs: Any) -> DictConfig:
-        cfg = load(self, *args, **kwargs)
+        try:
+            cfg = load(self, *args, **kwargs)
+        except ConfigCompositionException as error:
+            _exit_on_unknown_key(error, functools.partial(load, self), args, kwargs)
+            raise
         _exit_on_foreign_objects(cfg.hydra)
         run_mode = kwargs.get("run_mode", args[2] if len(args) > 2 else RunMode.RUN)
         _exit_on_unusable_folder(cfg.hydra, run_mode)
         return cfg
 
     ConfigLoaderImpl.load_configuration = screened  # type: ignore[method-assign]
+
+
+def _exit_on_unknown_key(
+    error: ConfigCompositionException,
+    load: Callable[..., DictConfig],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Exit 2 naming the closest real key when an override names a key no config has.
+
+    Hydra would suggest `+trainer.max_step=5`, which adds the typo for the schema to refuse.
+    The config is composed once more without that override, to see the keys that do exist.
+    """
+    import re
+
+    from gradtrain.errors import ConfigError
+    from gradtrain.suggest import dotted_keys, unknown_override_message
+
+    match = re.match(r"Could not override '([^']+)'\.", str(error))
+    overrides = list(kwargs.get("overrides", args[1] if len(args) > 1 else []))
+    typed = [o for o in overrides if match and o.split("=", 1)[0] == match[1]]
+    if match is None or not typed:
+        return
+    try:
+        cfg = load(*args, **{**kwargs, "overrides": [o for o in overrides if o not in typed]})
+    except ConfigCompositionException:
+        return  # (another override fails too: Hydra's own message, for the first one)
+    keys = dotted_keys({k: v for k, v in _plain(cfg).items() if k != "hydra"})
+    problem = unknown_override_message(match[1], typed[0], keys)
+    print(f"{_who()}: {ConfigError([problem])}", file=sys.stderr)
+    sys.exit(ConfigError.exit_code)
 
 
 def _exit_on_foreign_objects(hydra_node: DictConfig) -> None:

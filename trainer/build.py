@@ -113,10 +113,6 @@ def build(cfg: Config) -> Components:
 
     Everything that can refuse the config once the data is known (a CSV, sizes, an epoch
     without a batch) happens here, so `run` calls this before it writes anything."""
-    if is_distributed() and cfg.optimizer.name == "lbfgs":
-        # LBFGS's line search decides from each rank's own loss how often to re-evaluate it;
-        # ranks would disagree on the number of backward passes (and all-reduces) and hang.
-        raise GradtrainError("optimizer=lbfgs is full-batch and cannot run under torchrun")
     device = local_device(resolve_device(cfg.trainer.device))
     loss_fn = build_loss(cfg.loss).to(device)
     with _refused_if_out_of_memory(cfg):
@@ -163,6 +159,9 @@ def data_problems(cfg: Config, data: Data) -> list[str]:
     a line of a ConfigError."""
     problems = []
     loader = data.train_loader
+    lbfgs_problem = _lbfgs_problem(cfg, loader)
+    if lbfgs_problem is not None:
+        problems.append(lbfgs_problem)
     if loader is not None and len(loader) == 0:
         problems.append(_no_batch_problem(cfg.dataset, loader))
     if cfg.trainer.monitor == "val_loss" and loader is not None and data.val_loader is None:
@@ -174,6 +173,28 @@ def data_problems(cfg: Config, data: Data) -> list[str]:
             "raise dataset.val_fraction, or set trainer.monitor=final_loss, best_loss or null"
         )
     return problems
+
+
+def _lbfgs_problem(cfg: Config, loader: DataLoader[Any] | None) -> str | None:
+    """optimizer=lbfgs needs the whole training split as one batch, in one process: everything
+    that must change for it, in one line (known once the data says how many rows it trains on).
+    """
+    if cfg.optimizer.name != "lbfgs":
+        return None
+    rows = len(loader.dataset) if loader is not None else 0  # type: ignore[arg-type]
+    batch_size = getattr(cfg.dataset, "batch_size", None)
+    changes = []
+    if is_distributed():
+        # L-BFGS's line search decides from each rank's own loss how often to re-evaluate it;
+        # ranks would disagree on the number of backward passes (and all-reduces) and hang.
+        changes.append("run it in one process (python train.py ..., without torchrun)")
+    if loader is not None and batch_size is not None and batch_size < rows:
+        changes.append(
+            f"set dataset.batch_size=null (or >= {rows}, the training rows; it is {batch_size})"
+        )
+    if not changes:
+        return None
+    return f"optimizer=lbfgs is full-batch, in one process: {' and '.join(changes)}"
 
 
 def _no_batch_problem(cfg: DatasetConfig, loader: DataLoader[Any]) -> str:

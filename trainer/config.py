@@ -464,46 +464,95 @@ def _with_plugins(added: tuple[tuple[str, tuple[type[StrictModel], ...]], ...]) 
 # only once the data is read, like a CSV's classes, are checked at build time.) Each check's
 # parameters name the sections it reads, so it can run whenever those validated, whatever else
 # failed.
-def _loss_fits_data(loss: LossConfig, dataset: DatasetConfig) -> list[str]:
-    problems = []
+def _components_fit_data(loss: LossConfig, model: ModelConfig, dataset: DatasetConfig) -> list[str]:
+    """Whether the loss and the model take the data the dataset gives (none, or its task): one
+    line per cause, naming what to change, however many of the two it trips (a preset picks
+    both, so `experiment=quadratic dataset=classification` is one mistake, not two)."""
     has_data, task = dataset.name != "none", dataset_task(dataset)
-    if loss.name in LOSS_TASK and not has_data:
-        problems.append(
+    if not has_data:
+        return _data_wanted(loss, model)
+    return _no_data_wanted(loss, model, dataset) + _task_mismatch(loss, model, dataset, task)
+
+
+def _data_wanted(loss: LossConfig, model: ModelConfig) -> list[str]:
+    """dataset=none, but the loss compares with targets or the model takes inputs."""
+    loss_wants = loss.name in LOSS_TASK
+    model_wants = model.name not in DATA_FREE_MODELS
+    if loss_wants and not model_wants:
+        return [
             f"loss={loss.name} compares predictions with targets, but dataset=none has no data; "
             "use experiment=linear_regression, or dataset=regression model=linear"
-        )
-    if loss.name in LOSS_TASK and has_data and LOSS_TASK[loss.name] != task:
-        fitting = [name for name, kind in LOSS_TASK.items() if kind == task]
-        problems.append(
-            f"loss={loss.name} is a {LOSS_TASK[loss.name]} loss, but dataset={dataset.name} is a "
-            f"{task} task; use loss={' or loss='.join(fitting)}"
-        )
-    if loss.name in PARAMETER_LOSSES and has_data:
-        problems.append(
-            f"loss={loss.name} is a function of the model's parameters and takes no data, but "
-            f"dataset={dataset.name}; use dataset=none model=vector (or experiment={loss.name})"
-        )
-    return problems
-
-
-def _model_fits_data(model: ModelConfig, dataset: DatasetConfig) -> list[str]:
-    problems = []
-    has_data, task = dataset.name != "none", dataset_task(dataset)
-    if model.name in DATA_FREE_MODELS and has_data:
-        problems.append(
-            f"model={model.name} takes no inputs, but dataset={dataset.name} feeds it batches; "
-            "use model=linear, logistic or mlp"
-        )
-    if model.name not in DATA_FREE_MODELS and not has_data:
-        problems.append(
+        ]
+    if model_wants and not loss_wants:
+        return [
             f"model={model.name} needs inputs, but dataset=none has none; use model=vector, "
             "or a dataset (regression, classification, csv)"
+        ]
+    if loss_wants and model_wants:
+        kind = LOSS_TASK[loss.name]
+        return [
+            f"loss={loss.name} and model={model.name} train on data, but dataset=none has none; "
+            f"choose a dataset: dataset={kind} or dataset=csv (your file)"
+        ]
+    return []
+
+
+def _no_data_wanted(loss: LossConfig, model: ModelConfig, dataset: DatasetConfig) -> list[str]:
+    """A dataset, but a loss of the parameters alone or a model without inputs."""
+    loss_refuses = loss.name in PARAMETER_LOSSES
+    model_refuses = model.name in DATA_FREE_MODELS
+    if loss_refuses and model_refuses:
+        return [
+            f"loss={loss.name} and model={model.name} take no data (a function of the "
+            f"parameters alone), but dataset={dataset.name} feeds batches; use dataset=none"
+        ]
+    if loss_refuses:
+        return [
+            f"loss={loss.name} is a function of the model's parameters and takes no data, but "
+            f"dataset={dataset.name}; use dataset=none model=vector (or experiment={loss.name})"
+        ]
+    if model_refuses:
+        return [
+            f"model={model.name} takes no inputs, but dataset={dataset.name} feeds it batches; "
+            "use model=linear, logistic or mlp"
+        ]
+    return []
+
+
+def _task_mismatch(
+    loss: LossConfig, model: ModelConfig, dataset: DatasetConfig, task: str | None
+) -> list[str]:
+    """The loss or the model is for the other task than the dataset's."""
+    loss_task = LOSS_TASK.get(loss.name)
+    loss_wrong = loss_task is not None and loss_task != task
+    model_wrong = model.name == "logistic" and task != "classification"
+    # A CSV file's task is a key of its own: setting it is the likely fix (a preset chose the
+    # loss and the model for labels).
+    csv = isinstance(dataset, CsvDatasetConfig)
+    if loss_wrong and model_wrong:  # (then both are for classification)
+        fix = (
+            "set dataset.task=classification"
+            if csv
+            else "use dataset=classification (or dataset=csv dataset.task=classification)"
         )
-    if model.name == "logistic" and has_data and task != "classification":
-        problems.append(
-            f"model=logistic needs a classification dataset; dataset={dataset.name} is {task}"
-        )
-    return problems
+        return [
+            f"loss={loss.name} and model=logistic are for classification, but "
+            f"dataset={dataset.name} is a {task} task; {fix}"
+        ]
+    if loss_wrong:
+        fitting = [name for name, kind in LOSS_TASK.items() if kind == task]
+        task_fix = f"set dataset.task={loss_task}, or " if csv else ""
+        return [
+            f"loss={loss.name} is a {loss_task} loss, but dataset={dataset.name} is a {task} "
+            f"task; {task_fix}use loss={' or loss='.join(fitting)}"
+        ]
+    if model_wrong:
+        task_fix = "; set dataset.task=classification, or use model=linear or mlp" if csv else ""
+        return [
+            f"model=logistic needs a classification dataset; dataset={dataset.name} is "
+            f"{task}{task_fix}"
+        ]
+    return []
 
 
 def _binary_loss_has_two_classes(loss: LossConfig, dataset: DatasetConfig) -> list[str]:
@@ -536,15 +585,6 @@ def _rosenbrock_has_two_parameters(loss: LossConfig, model: ModelConfig) -> list
         size = len(model.init) if model.init is not None else model.size
         if size is not None and size < 2:
             return ["loss=rosenbrock needs at least 2 parameters (model.size >= 2)"]
-    return []
-
-
-def _lbfgs_gets_one_batch(optimizer: OptimizerConfig, dataset: DatasetConfig) -> list[str]:
-    if optimizer.name == "lbfgs" and getattr(dataset, "batch_size", None) is not None:
-        return [
-            "optimizer=lbfgs is full-batch: set dataset.batch_size=null (the whole "
-            "training split in one batch)"
-        ]
     return []
 
 
@@ -595,12 +635,10 @@ def _fits_in_memory(
 
 
 _CHECKS: tuple[Callable[..., list[str]], ...] = (
-    _loss_fits_data,
-    _model_fits_data,
+    _components_fit_data,
     _binary_loss_has_two_classes,
     _outputs_fit_classes,
     _rosenbrock_has_two_parameters,
-    _lbfgs_gets_one_batch,
     _lbfgs_does_not_accumulate,
     _monitor_is_reported,
     _fits_in_memory,
@@ -637,7 +675,14 @@ def _describe(error: Any, raw: Mapping[str, Any], schema: type[Config] = Config)
     kind = error["type"]
     if kind == "extra_forbidden":
         section = key.rsplit(".", 1)[0] if "." in key else ""
-        return f"{key}: unknown key{_allowed_keys_hint(section, raw, schema)}"
+        if section == "dataset" and key.rpartition(".")[2] in LoaderSettings.model_fields:
+            # (what a preset for data leaves when dataset=none replaces its dataset)
+            return (
+                f"{key}: dataset=none has no data to batch or split; choose a dataset with "
+                "data (dataset=regression, classification or csv), or leave the key out"
+            )
+        hint = _closest_key_hint(key, section, raw, schema)
+        return f"{key}: unknown key{hint}{_allowed_keys_hint(section, raw, schema)}"
     if kind == "union_tag_invalid":
         return f"{key}.name: {error['msg']}"
     message = error["msg"]
@@ -645,6 +690,27 @@ def _describe(error: Any, raw: Mapping[str, Any], schema: type[Config] = Config)
         message = message[len("Value error, ") :]
     got = "" if kind in ("missing", "value_error") else f" (got {error['input']!r})"
     return f"{key}: {message}{got}" if key else message
+
+
+def _closest_key_hint(
+    key: str, section: str, raw: Mapping[str, Any], schema: type[Config] = Config
+) -> str:
+    """`; did you mean trainer.max_steps?` for a typo of one of the section's keys."""
+    from gradtrain.suggest import closest_key
+
+    model = _section_model(section, raw, schema)
+    if model is None:
+        return ""
+    closest = closest_key(key, (f"{section}.{f}" if section else f for f in model.model_fields))
+    if closest is not None:
+        return f"; did you mean {closest}?"
+    name = key.rpartition(".")[2]
+    options = section_options(section, schema) if section in _UNION_SECTIONS else {}
+    owners = [option for option, other in options.items() if name in other.model_fields]
+    if owners:  # (optimizer.betas with optimizer=sgd: Adam's key)
+        chosen = raw[section]["name"]
+        return f"; it is a key of {section}={', '.join(owners)}, not of {section}={chosen}"
+    return ""
 
 
 def _allowed_keys_hint(section: str, raw: Mapping[str, Any], schema: type[Config] = Config) -> str:
@@ -706,6 +772,19 @@ def _missing_problem(key: str, raw: Mapping[str, Any], schema: type[Config] = Co
     )
 
 
+def _missing_problems(
+    missing: list[str], raw: Mapping[str, Any], schema: type[Config] = Config
+) -> list[str]:
+    """One line naming every key left MISSING, with the overrides that give them all."""
+    if len(missing) <= 1:
+        return [_missing_problem(key, raw, schema) for key in missing]
+    examples = [_missing_problem(key, raw, schema).rpartition("e.g. ")[2] for key in missing]
+    return [
+        f"{', '.join(missing)}: no values given (the config leaves them {MISSING}); add them to "
+        f"the command, e.g. python train.py ... {' '.join(examples)}"
+    ]
+
+
 def validate_config(raw: Mapping[str, Any]) -> Config:
     """Validate a composed config (plain dicts and lists) or raise one ConfigError listing all
     problems by key: mandatory values left out, each field's, then the cross-group ones among
@@ -737,7 +816,7 @@ def validate_config(raw: Mapping[str, Any]) -> Config:
         for name in schema.model_fields
         if name not in failed
     }
-    problems = [_missing_problem(key, given, schema) for key in missing]
+    problems = _missing_problems(missing, given, schema)
     problems += [_describe(error, given, schema) for error in field_errors]
     raise ConfigError(problems + compatibility_problems(valid))
 

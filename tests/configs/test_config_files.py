@@ -80,11 +80,34 @@ def load(path: Path) -> dict[str, Any]:
     return {str(key): value for key, value in values.items()}
 
 
+def variants(group: str) -> dict[str, str]:
+    """YAML files of a group that are a variant of one schema option (configs/dataset/moons.yaml
+    is `classification` with shape=moons): their name, and the option their defaults list names."""
+    found = {}
+    for option in yaml_options(group):
+        defaults = load(CONFIGS / group / f"{option}.yaml").get("defaults")
+        if defaults:
+            found[option] = next(entry for entry in defaults if entry != "_self_")
+    return found
+
+
 @pytest.mark.parametrize("group", [*UNION_GROUPS, "trainer"])
 def test_every_schema_option_has_a_yaml_file_and_every_yaml_file_is_an_option(
     group: str,
 ) -> None:
-    assert yaml_options(group) == sorted(schema_options(group))
+    options = [option for option in yaml_options(group) if option not in variants(group)]
+    assert options == sorted(schema_options(group))
+    assert set(variants(group).values()) <= set(schema_options(group))
+
+
+@pytest.mark.parametrize(
+    ("group", "variant"),
+    [(group, variant) for group in UNION_GROUPS for variant in variants(group)],
+)
+def test_a_variant_sets_only_keys_of_its_option(group: str, variant: str) -> None:
+    values = load(CONFIGS / group / f"{variant}.yaml")
+    model = schema_options(group)[variants(group)[variant]]
+    assert set(values) - {"defaults"} <= set(model.model_fields)
 
 
 @pytest.mark.parametrize(
