@@ -63,9 +63,6 @@ SEARCH_ATTR = "gradtrain_search"
 # Trial attribute: the process that runs it, so that a resumed search can tell a trial whose
 # process died (it stays "running" in the study) from one another worker is running.
 WORKER_ATTR = "gradtrain_worker"
-# Resolves `hydra.sweep.dir` in configs/hparams_search/optuna.yaml: the folder of the search
-# to resume, or a fresh one.
-SWEEP_DIR_RESOLVER = "gradtrain.resume_or"
 
 
 @dataclass
@@ -87,14 +84,10 @@ class OptunaSweeperConf:
 
 
 def register_configs() -> None:
-    """Make `hydra/sweeper=gradtrain_optuna` and the sweep-folder resolver known to Hydra."""
+    """Make `hydra/sweeper=gradtrain_optuna` known to Hydra."""
     ConfigStore.instance().store(
         group="hydra/sweeper", name="gradtrain_optuna", node=OptunaSweeperConf, provider="gradtrain"
     )
-    if not OmegaConf.has_resolver(SWEEP_DIR_RESOLVER):
-        OmegaConf.register_new_resolver(
-            SWEEP_DIR_RESOLVER, lambda resume, fresh: fresh if resume in (None, "") else resume
-        )
 
 
 @dataclass
@@ -339,7 +332,7 @@ class OptunaSearch:
         if folder.resolve() != self.sweep_dir.resolve():
             return [
                 f"hydra.sweeper.resume={resume}: hydra.sweep.dir={self.sweep_dir} names another "
-                "folder; give only hydra.sweeper.resume"
+                "folder; give only hydra.sweeper.resume (train.py makes it the sweep folder)"
             ]
         if self.settings["storage"] is None and not (folder / JOURNAL_FILE).is_file():
             return [f"hydra.sweeper.resume={resume}: holds no Optuna study ({JOURNAL_FILE})"]
@@ -359,7 +352,7 @@ class OptunaSearch:
                         self.config, [*space.fixed, f"{key}={_override_value(value)}"]
                     )
                 except Exception as exc:
-                    message = " ".join(str(exc).split())
+                    message = " ".join(str(exc).split()).split(" Config search path")[0]
                     problems.append(f"{space.where[key]}: {key}={value}: {message}")
                     break
         return problems
@@ -477,7 +470,7 @@ def parse_search_space(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    lines = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in params.items()]
+    lines = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in _flat(params).items()]
     lines += [(line.split("=", 1)[0], line) for line in arguments]
     parsed: dict[str, tuple[str, Override]] = {}
     problems = []
@@ -501,6 +494,18 @@ def parse_search_space(
         except (ValueError, TypeError) as exc:
             problems.append(f"{where}={(override.input_line or '').split('=', 1)[-1]}: {exc}")
     return space, problems
+
+
+def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"optimizer": {"lr": ...}}` (what `hydra.sweeper.params.optimizer.lr=...` on the command
+    line makes) as `{"optimizer.lr": ...}`, the key a YAML file writes."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _distribution(override: Override) -> BaseDistribution:
