@@ -137,3 +137,34 @@ def test_should_prune_reports_only_a_finite_validation_metric_the_run_is_judged_
         assert not trial_report.should_prune(5, "val_loss", {"loss": float("nan")}, final=False)
         assert not trial_report.should_prune(6, "val_loss", {"loss": 0.25}, final=True)
     assert reporter.reports == [(3, 0.5, False), (6, 0.25, True)]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("tpe", "TPESampler"), ("random", "RandomSampler"), ("cmaes", "CmaEsSampler")],
+)
+def test_each_sampler_name_is_optunas_sampler_seeded(name: str, kind: str) -> None:
+    from optuna.distributions import FloatDistribution
+
+    from gradtrain.sweeps.optuna_sweeper import _sampler
+
+    draws = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=_sampler(name, 7))
+        draws.append(study.ask({"x": FloatDistribution(0, 1)}).params["x"])
+    assert type(study.sampler).__name__ == kind and draws[0] == draws[1]
+
+
+def test_a_job_another_worker_still_runs_is_listed_as_running_not_failed(tmp_path: Path) -> None:
+    from test_sweep_summary import make_job
+
+    from gradtrain.sweeps.summary import mark_running
+
+    make_job(tmp_path, 0, ["optimizer.lr=0.1"])
+    make_job(tmp_path, 1, ["optimizer.lr=0.2"])
+    mark_running([1])
+    try:
+        statuses = {row.number: row.status for row in collect_rows(tmp_path)}
+    finally:
+        mark_running([])
+    assert statuses == {0: "failed", 1: "running"}
