@@ -538,9 +538,7 @@ def _distribution(override: Override) -> BaseDistribution:
         unknown = set(value.tags) - {"log"}
         if unknown:
             raise ValueError(f"unknown tag {', '.join(sorted(unknown))}; only `log` is read")
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
+        log_scale = "log" in value.tags  # (Hydra's interval is of floats: range for whole numbers)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)  # type: ignore[arg-type]
     raise ValueError("only choice(...), range(...) and interval(...) can be searched")
 
