@@ -207,8 +207,23 @@ def _quiet_worker_overrides() -> list[str]:
     return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
+def _resume_overrides(arguments: list[str]) -> list[str]:
+    """`hydra.sweep.dir=<folder>` when the command continues a search in `<folder>`
+    (`hydra.sweeper.resume=<folder>`, gradtrain's Optuna sweeper) and names no sweep folder:
+    the search's jobs and summary then go into the folder that holds its study."""
+    resume = [a.split("=", 1)[1] for a in arguments if a.startswith("hydra.sweeper.resume=")]
+    if (
+        not resume
+        or resume[-1] in ("", "null")
+        or any(a.startswith("hydra.sweep.dir=") for a in arguments)
+    ):
+        return []
+    return [f"hydra.sweep.dir={resume[-1]}"]
+
+
 if __name__ == "__main__":
     sys.argv += _quiet_worker_overrides()
+    sys.argv += _resume_overrides(sys.argv[1:])
     _screen_hydra_keys()
     add_plugin_configs()  # installed plugins' YAML (model=polynomial): README, Plugins
     main()

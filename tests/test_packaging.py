@@ -7,7 +7,8 @@ and `pip uninstall gradtrain` then deleted it. pyproject.toml now installs them 
 `gradtrain.datasets` and `gradtrain.configs`; this test proves, with real pip installs into one
 site-packages folder that already holds Hugging Face's `datasets`:
 
-(a) a regular install of this checkout writes only under `gradtrain/` and its dist-info (every
+(a) a regular install of this checkout writes only under `gradtrain/`, its Hydra plugin's shim
+    `hydra_plugins/gradtrain_optuna_sweeper/` and its dist-info (every
     YAML of configs/ included), leaves every file of Hugging Face's `datasets` byte for byte as
     pip recorded it, `datasets.load_dataset` still reads a CSV, and gradtrain trains from the
     packaged configs, both from a folder outside the checkout;
@@ -74,6 +75,12 @@ for name in todo.get("modules", []):
             "file": module.__file__,
             "load_dataset": hasattr(module, "load_dataset"),
         }
+if todo.get("sweepers"):
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    found = Plugins.instance().discover(Sweeper)
+    out["sweepers"] = [f"{c.__module__}.{c.__name__}" for c in found]
 if "csv" in todo:
     import datasets
 
@@ -97,6 +104,10 @@ if "run_dir" in todo:
     }
 print(json.dumps(out))
 """
+
+# The one folder gradtrain installs outside `gradtrain/`: its Hydra sweeper's shim, in the
+# `hydra_plugins` namespace where Hydra looks for plugins (trainer/sweeps/optuna_sweeper.py).
+PLUGIN_DIR = "hydra_plugins/gradtrain_optuna_sweeper/"
 
 # The packaged configs, through the dataset package whose name used to clash.
 TRAIN_OVERRIDES = [
@@ -231,8 +242,12 @@ def test_gradtrain_installs_next_to_hugging_face_datasets(tmp_path: Path) -> Non
     gradtrain = env.record("gradtrain")
     dist_info = env.dist_info("gradtrain")
     assert dist_info is not None
-    strays = [p for p in gradtrain if not p.startswith(("gradtrain/", f"{dist_info.name}/"))]
+    own = ("gradtrain/", PLUGIN_DIR, f"{dist_info.name}/")
+    strays = [p for p in gradtrain if not p.startswith(own)]
     assert not strays, f"gradtrain installed files outside its own package: {strays}"
+    assert f"{PLUGIN_DIR}__init__.py" in gradtrain
+    # `hydra_plugins` is a namespace package every Hydra plugin shares: no __init__.py of ours.
+    assert not [p for p in gradtrain if p.startswith("hydra_plugins/__init__")]
     assert not set(gradtrain) & set(hugging_face)
     yaml = sorted(
         f"gradtrain/configs/{path.relative_to(checkout / 'configs').as_posix()}"
@@ -247,7 +262,10 @@ def test_gradtrain_installs_next_to_hugging_face_datasets(tmp_path: Path) -> Non
         csv=str(table),
         run_dir=str(tmp_path / "run"),
         overrides=TRAIN_OVERRIDES,
+        sweepers=True,
     )
+    # Hydra finds the installed sweeper by walking the `hydra_plugins` namespace.
+    assert "hydra_plugins.gradtrain_optuna_sweeper.GradtrainOptunaSweeper" in seen["sweepers"]
     modules = seen["modules"]
     assert modules["datasets"]["load_dataset"] and env.is_inside(modules["datasets"]["file"])
     assert env.is_inside(modules["gradtrain"]["file"])
@@ -265,6 +283,7 @@ def test_gradtrain_installs_next_to_hugging_face_datasets(tmp_path: Path) -> Non
     env.pip("uninstall", "--yes", "gradtrain")
     assert env.dist_info("gradtrain") is None
     assert not (env.site_packages / "gradtrain").exists()
+    assert not (env.site_packages / PLUGIN_DIR).exists()
     changed = env.changed_files(hugging_face)
     assert not changed, f"gradtrain's uninstall changed Hugging Face's files: {changed}"
     seen = env.probe(modules=["datasets", "gradtrain"], csv=str(table))

@@ -151,7 +151,7 @@ def test_a_sweep_folder_that_holds_a_sweep_is_not_reused(sweep: Sweep, tmp_path:
 
 @pytest.mark.slow
 def test_optuna_search_of_four_trials_records_a_diverged_trial_as_failed(sweep: Sweep) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='pip install ".[sweeps]"')
+    pytest.importorskip("optuna", reason='pip install ".[sweeps]"')
     # The preset's search space with the step sizes narrowed to a good one and one that
     # overflows; the seeded sampler draws both within four trials.
     result = sweep(
@@ -172,7 +172,7 @@ def test_optuna_search_of_four_trials_records_a_diverged_trial_as_failed(sweep: 
     results = (result.sweep_dir / "optimization_results.yaml").read_text()
     best_value = float(re.search(r"best_value: (\S+)", results).group(1))  # type: ignore[union-attr]
     assert best_value == pytest.approx(float(rows[0]["monitored_value"]))
-    assert "optimizer.lr: 0.1" in results
+    assert re.search(r"optimizer.lr: '?0.1'?\n", results)
     # The preset name is the same for every job, so it is left out of the folder names.
     assert not any("hparams_search" in job.name for job in result.job_dirs())
 

@@ -32,8 +32,9 @@ from gradtrain.metrics.parameter_stats import ParameterStats
 from gradtrain.metrics.sinks import MetricSink
 from gradtrain.progress import ProgressBar
 from gradtrain.step import backward, forward, summed
+from gradtrain.sweeps import trial_report
 
-StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged"]
+StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged", "pruned"]
 
 
 class StopRequest(Protocol):
@@ -491,6 +492,13 @@ class Trainer:
                 {f"val/{k}": v for k, v in state.val_metrics.items() if k != "step"},
                 step=state.step,
             )
+            # In a search, the trial reports its monitored metric here and its pruner may stop
+            # it (gradtrain/sweeps/trial_report.py; always False outside a search).
+            if trial_report.should_prune(
+                state.step, self.settings.monitor, state.val_metrics, final=ending
+            ):
+                self._stop_reason = "pruned"
+                self._message = f"pruned by the search's pruner after step {state.step}"
 
     def _gradient_norms(self) -> dict[str, Tensor]:
         """L2 norm of each parameter's gradient by its tag, from one fused kernel (no loop of

@@ -553,7 +553,7 @@ def _summary_status(run_dir: Path) -> str | None:
 def _summary(
     cfg: Config, result: FitResult, model: torch.nn.Module, run_dir: Path
 ) -> dict[str, Any]:
-    status = {"diverged": "diverged", "interrupted": "interrupted"}.get(
+    status = {"diverged": "diverged", "interrupted": "interrupted", "pruned": "pruned"}.get(
         result.stop_reason, "completed"
     )
     summary: dict[str, Any] = {

@@ -45,7 +45,9 @@ def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
             write_json_atomic(run_dir / SUMMARY_FILE, {"status": "failed", "error": reason})
         return None
     value = monitored_value(summary)
-    if value is None:
+    if summary.get("status") == "pruned":
+        log.info(f"gradtrain: trial pruned: {summary.get('message')}")
+    elif value is None:
         name = summary.get("monitor", "final_loss")
         log.error(
             f"gradtrain: job {summary['status']} without a finite {name}: {summary.get(name)}"

@@ -33,6 +33,11 @@ JOB_SUMMARY = "summary.json"  # trainer.run.SUMMARY_FILE, without importing torc
 # the jobs that did not complete in the sweep that ended last in this process are kept here, and
 # train.py exits with `sweep_exit_status()`.
 _unsuccessful_jobs: list[str] = []
+# Jobs (by number) that another worker of the same Optuna search is still running when this one
+# ends: without a summary.json yet, they are not failures (set by the sweeper, read once).
+_running_jobs: set[int] = set()
+# A trial the search's pruner stopped is an outcome of the search, not a failure.
+FINE_STATUSES = ("completed", "pruned", "running")
 
 
 @dataclass
@@ -55,12 +60,22 @@ class SweepSummary(Callback):
     """Claims a fresh folder when a sweep starts; writes and prints the table when it ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.sweeper.get("resume"):
+            return  # continuing (or joining) a search in its folder; the sweeper checks it
         claim_sweep_dir(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect_rows(sweep_dir)
-        table = markdown_table(rows)
+        _running_jobs.clear()
+        table = markdown_table([row for row in rows if row.status != "pruned"])
+        pruned = [row for row in rows if row.status == "pruned"]
+        if pruned:
+            table += (
+                f"\n## Pruned trials\n\n{len(pruned)} trials stopped early by the search's "
+                "pruner (their val_* columns hold the value at the stop):\n\n"
+                + markdown_table(pruned)
+            )
         write_atomic(sweep_dir / SUMMARY_CSV, lambda file: file.write(csv_text(rows).encode()))
         write_atomic(sweep_dir / SUMMARY_MD, lambda file: file.write(table.encode()))
         monitors = " / ".join(sorted({row.monitor for row in rows if row.monitor}))
@@ -69,7 +84,7 @@ class SweepSummary(Callback):
             f"first ({sweep_dir / SUMMARY_CSV}, {SUMMARY_MD})\n\n{table}",
             flush=True,
         )
-        _unsuccessful_jobs[:] = [row.job for row in rows if row.status != "completed"]
+        _unsuccessful_jobs[:] = [row.job for row in rows if row.status not in FINE_STATUSES]
         if _unsuccessful_jobs:
             print(
                 f"gradtrain: {len(_unsuccessful_jobs)} of {len(rows)} jobs did not complete: "
@@ -77,6 +92,12 @@ class SweepSummary(Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def mark_running(job_numbers: list[int]) -> None:
+    """Tell the summary about to be written which jobs are still running elsewhere."""
+    _running_jobs.clear()
+    _running_jobs.update(job_numbers)
 
 
 def sweep_exit_status() -> int:
@@ -128,6 +149,8 @@ def job_row(job_dir: Path, sweep_dir: Path) -> JobRow:
     name = job_dir.relative_to(sweep_dir).as_posix()
     summary_path = job_dir / JOB_SUMMARY
     if not summary_path.exists():
+        if number in _running_jobs:
+            return JobRow(name, number, overrides, "running", None, None, reason="another worker")
         reason = f"no {JOB_SUMMARY}: the job stopped before writing one (see its train.log)"
         return JobRow(name, number, overrides, "failed", None, None, reason=reason)
     summary: dict[str, Any] = json.loads(summary_path.read_text())
