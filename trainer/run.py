@@ -59,8 +59,11 @@ from gradtrain.files import (
     write_atomic,
     write_json_atomic,
 )
+from gradtrain.insight.convergence import rate_table_markdown, theory_summary
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
+from gradtrain.insight.landscape import Landscape
+from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import FitResult, Trainer
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
@@ -158,12 +161,17 @@ def _run(
     )
     try:
         figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
+        trajectory = figures.trajectory if figures is not None else None
+        if trajectory is None and main and cfg.loss.name == "quadratic_form":
+            trajectory = Trajectory()  # the path the convergence rate is measured on
+        # (θ₀ taken before a checkpoint is loaded: a resumed run interpolates from the start.)
+        landscape = Landscape.for_run(cfg, parts) if main else None
         trainer = build_trainer(
             cfg,
             sink,
             checkpointer=checkpointer,
             stop_request=stop_request,
-            trajectory=figures.trajectory if figures is not None else None,
+            trajectory=trajectory,
             components=parts,
         )
         if checkpoint is not None:
@@ -174,7 +182,7 @@ def _run(
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         # The explanation describes a run's start, so a resumed run does not repeat it.
         explained = cfg.explain and checkpoint is None and main
-        gradient_check = _explain(trainer, sink, run_dir) if explained else None
+        gradient_check = _explain(trainer, sink, run_dir, cfg) if explained else None
         try:
             with stop:
                 result = trainer.fit()
@@ -194,6 +202,11 @@ def _run(
             summary["gradient_check"] = gradient_check
         if figures is not None:
             figures.finish(result.steps, run_dir)
+        summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, trajectory))
+        if landscape is not None and result.stop_reason != "diverged":
+            summary["landscape"] = landscape.finish(
+                trainer.module, trainer.loss_fn, sink, run_dir, result.steps
+            )
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
             # now too, its summary/* curves would show a point at the stop as well.)
@@ -324,6 +337,7 @@ MAY_CHANGE_ON_RESUME = (
     "dataset.pin_memory",
     "logger.",
     "explain",
+    "landscape.",
 )
 
 
@@ -394,7 +408,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any]:
+def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path, cfg: Config) -> dict[str, Any]:
     """explain=true: autograd on this run's model and first batch, printed, written to
     explain.md and logged as text. Returns the gradient check for the summary; a failed check
     stops the run before training."""
@@ -402,6 +416,8 @@ def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any
     batch = explain_batch(trainer.train_loader, trainer.device)
     report = explain(trainer.module, trainer.loss_fn, batch, lr=lr)
     markdown = report.to_markdown()
+    if cfg.loss.name == "quadratic_form":
+        markdown += "\n" + rate_table_markdown(cfg)
     log.info(markdown)
     write_atomic(run_dir / EXPLAIN_FILE, lambda file: file.write(markdown.encode()))
     sink.log_text("explain", markdown)
