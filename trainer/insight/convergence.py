@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -216,3 +217,91 @@ def nearest_minimum(loss: ParameterLoss, x: Tensor) -> dict[str, Any]:
     index = min(range(len(minima)), key=distances.__getitem__)
     value, where = minima[index]
     return {"index": index, "point": where, "value": value, "distance": distances[index]}
+
+
+# ------------------------------------------------------------------------------ sweep figure
+SWEEP_FIGURE = "convergence.png"
+
+
+def draw_condition_sweep(sweep_dir: Path) -> Path | None:
+    """A sweep over `loss.condition_number` on quadratic_form: each job's measured rate (dots)
+    on the theoretical one (lines) against κ, one colour per setting of the other swept keys,
+    with the optimal gradient descent and heavy ball rates in grey for reference. Written to
+    `<sweep dir>/convergence.png`; None when fewer than two jobs measured a rate."""
+    import json
+
+    from gradtrain.files import write_atomic
+    from gradtrain.insight.figures import matplotlib_available
+
+    jobs = []
+    for summary_file in sorted(sweep_dir.glob("*/summary.json")):
+        convergence = json.loads(summary_file.read_text()).get("convergence")
+        if isinstance(convergence, dict):
+            jobs.append((summary_file.parent, convergence))
+    if len(jobs) < 2 or not matplotlib_available():
+        return None
+    labels = _labels_without_kappa([job_dir for job_dir, _ in jobs])
+    series: dict[str, list[dict[str, Any]]] = {}
+    for label, (_, convergence) in zip(labels, jobs, strict=True):
+        series.setdefault(label, []).append(convergence)
+    png = _condition_sweep_png(series)
+    target = sweep_dir / SWEEP_FIGURE
+    write_atomic(target, lambda file: file.write(png))
+    return target
+
+
+def _labels_without_kappa(job_dirs: list[Path]) -> list[str]:
+    """What sets each job apart apart from κ: its overrides (Hydra's .hydra/overrides.yaml)
+    that not all jobs share, without loss.condition_number."""
+    import yaml
+
+    overrides = []
+    for job_dir in job_dirs:
+        file = job_dir / ".hydra" / "overrides.yaml"
+        items = yaml.safe_load(file.read_text()) if file.exists() else []
+        overrides.append(
+            [str(o) for o in items or [] if not str(o).startswith("loss.condition_number=")]
+        )
+    shared = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    return [", ".join(o for o in items if o not in shared) or "runs" for items in overrides]
+
+
+def _condition_sweep_png(series: dict[str, list[dict[str, Any]]]) -> bytes:
+    import io
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.4), dpi=80, layout="constrained")
+    ax = figure.add_subplot()
+    kappas = sorted({c["condition_number"] for runs in series.values() for c in runs})
+    reference = torch.logspace(0, math.log10(max([*kappas, 10.0])), 200).tolist()
+    for name, style in (("gradient descent", ":"), ("heavy ball (Polyak)", "--")):
+        rates = [optimal_rates(k)[name][2] for k in reference]
+        ax.plot(reference, rates, style, color="0.55", linewidth=1, label=f"optimal {name}")
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+    for index, (label, runs) in enumerate(series.items()):
+        runs = sorted(runs, key=lambda c: c["condition_number"])
+        color = colors[index % len(colors)]
+        x = [c["condition_number"] for c in runs]
+        theory = [c["theoretical_rate"] for c in runs]
+        if all(t is not None for t in theory):
+            ax.plot(x, theory, "-", color=color, linewidth=1.5, label=f"{label}: theory")
+        measured = [c["measured_rate"] for c in runs]
+        shown = [(k, m) for k, m in zip(x, measured, strict=True) if m is not None]
+        ax.plot(
+            [k for k, _ in shown],
+            [m for _, m in shown],
+            "o",
+            color=color,
+            markersize=6,
+            markeredgecolor="black",
+            label=f"{label}: measured",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("condition number κ = L / μ")
+    ax.set_ylabel("rate ρ: ‖x_k - x*‖ shrinks by ρ per step")
+    ax.set_title("quadratic_form: measured rate against theory", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import QuickRun
+from conftest import QuickRun, TrainResult
 
 from gradtrain.config import validate_config
 from gradtrain.errors import ConfigError
 from gradtrain.insight.convergence import (
+    draw_condition_sweep,
     iteration_radius,
     measured_rate,
     optimal_rates,
@@ -38,12 +41,15 @@ def quadratic_form_run(quick_run: QuickRunner, kappa: float, *overrides: str) ->
     return summary["convergence"]
 
 
-def within_two_percent(convergence: dict[str, Any]) -> None:
+def within_two_percent(convergence: dict[str, Any], steps_per_decade: bool = True) -> None:
     measured, theory = convergence["measured_rate"], convergence["theoretical_rate"]
     assert measured is not None and theory is not None, convergence
     assert abs(measured - theory) <= 0.02 * theory, convergence
-    # Stricter, as rates near 1 differ little: the steps per decade, 1 / -log ρ, agree too.
-    assert abs(math.log(measured) - math.log(theory)) <= 0.02 * -math.log(theory), convergence
+    if steps_per_decade:
+        # Stricter, as rates near 1 differ little: the steps per decade, 1 / -log ρ, agree too.
+        # (Where the two slowest modes' rates lie close, as at small steps and small κ, they
+        # separate only slowly; the tests that ask for this choose steps where they do not.)
+        assert abs(math.log(measured) - math.log(theory)) <= 0.02 * -math.log(theory), convergence
 
 
 @pytest.mark.parametrize("kappa", [10.0, 100.0])
@@ -200,3 +206,54 @@ def test_explain_shows_the_rate_table(quick_run: QuickRunner) -> None:
     assert run.summary["gradient_check"]["passed"]
     for kappa in ("| 1 |", "| 10 |", "| 100 |", "| 1000 |"):
         assert kappa in text
+
+
+def test_a_sweep_over_condition_numbers_draws_measured_on_theoretical_rates(
+    quick_run: QuickRunner, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    for job, kappa in enumerate((2.0, 20.0)):
+        quick_run(
+            "loss=quadratic_form",
+            f"loss.condition_number={kappa}",
+            "optimizer.lr=0.05",
+            "trainer.max_steps=100",
+            "trainer.log_every_n_steps=1",
+            run_dir=sweep / f"{job}_loss.condition_number={kappa}",
+        )
+    figure = draw_condition_sweep(sweep)
+    assert figure == sweep / "convergence.png"
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_sweep_without_quadratic_form_jobs_draws_no_rate_figure(
+    quick_run: QuickRunner, tmp_path: Path
+) -> None:
+    for job in range(2):
+        quick_run("loss=rosenbrock", run_dir=tmp_path / f"{job}_job")
+    assert draw_condition_sweep(tmp_path) is None
+
+
+@pytest.mark.slow  # a real Hydra sweep, in a subprocess
+def test_sweep_over_condition_number_writes_the_rate_figure(
+    train: Callable[..., TrainResult], tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    result = train(
+        "-m",
+        "experiment=quadratic_form",
+        "loss.condition_number=1,10,100",
+        "optimizer=sgd",
+        "optimizer.lr=0.015",
+        "optimizer.momentum=0,0.5",
+        "trainer.max_steps=300",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.output
+    summaries = [json.loads(file.read_text()) for file in sweep.glob("*/summary.json")]
+    assert len(summaries) == 6
+    for summary in summaries:
+        within_two_percent(summary["convergence"], steps_per_decade=False)
+    assert (sweep / "convergence.png").read_bytes().startswith(b"\x89PNG")
+    assert str(sweep / "convergence.png") in result.output
