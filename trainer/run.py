@@ -59,11 +59,10 @@ from gradtrain.files import (
     write_atomic,
     write_json_atomic,
 )
-from gradtrain.insight.convergence import rate_table_markdown, theory_summary
+from gradtrain.insight.convergence import distance_record, rate_table_markdown, theory_summary
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.insight.landscape import Landscape
-from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import FitResult, Trainer
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
@@ -162,8 +161,10 @@ def _run(
     try:
         figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
         trajectory = figures.trajectory if figures is not None else None
-        if trajectory is None and main and cfg.loss.name == "quadratic_form":
-            trajectory = Trajectory()  # the path the convergence rate is measured on
+        # quadratic_form: ‖x_k - x*‖ at each logging step, for the measured convergence rate.
+        distances = distance_record(parts.loss_fn) if main else None
+        if distances is not None:
+            trajectory = distances.attach(trajectory)
         # (θ₀ taken before a checkpoint is loaded: a resumed run interpolates from the start.)
         landscape = Landscape.for_run(cfg, parts) if main else None
         trainer = build_trainer(
@@ -202,7 +203,7 @@ def _run(
             summary["gradient_check"] = gradient_check
         if figures is not None:
             figures.finish(result.steps, run_dir)
-        summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, trajectory))
+        summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, distances))
         if landscape is not None and result.stop_reason != "diverged":
             summary["landscape"] = landscape.finish(
                 trainer.module, trainer.loss_fn, sink, run_dir, result.steps

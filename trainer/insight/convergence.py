@@ -104,11 +104,15 @@ def measured_rate(
 
 
 def convergence_summary(
-    cfg: Config, eigenvalues: Sequence[float], minimizer: Tensor, steps: Sequence[int], path: Tensor
+    cfg: Config,
+    eigenvalues: Sequence[float],
+    minimizer: Tensor,
+    steps: Sequence[int],
+    distances: Tensor,
 ) -> dict[str, Any]:
-    """What summary.json keeps under `convergence`: the measured and the theoretical rate."""
+    """What summary.json keeps under `convergence`: the measured rate of ‖x_k - x*‖
+    (`distances` at `steps`) and the theoretical one."""
     target = minimizer.to("cpu", torch.float64)
-    distances = (path.to(torch.float64) - target).norm(dim=1)
     floor = FLOOR_EPSILONS * torch.finfo(torch.float32).eps * max(target.norm().item(), 1.0)
     rate, window = measured_rate(steps, distances, floor)
     theory = theoretical_rate(cfg.optimizer, eigenvalues)
@@ -178,8 +182,42 @@ def _rate_cell(rate: float | None) -> str:
 
 
 # ----------------------------------------------------------------------------- for summary.json
+class DistanceRecord:
+    """‖x_k - x*‖ at every step the trajectory records (logging steps), from the CPU copy it
+    makes anyway: no synchronisation of its own. Kept whole (one float a step), unlike the
+    trajectory's points, which are thinned in long runs: a fast rate is over in a few dozen
+    steps, and every one of them counts."""
+
+    def __init__(self, minimizer: Tensor) -> None:
+        self.target = minimizer.detach().to("cpu", torch.float64)
+        self.steps: list[int] = []
+        self.distances: list[float] = []
+
+    def attach(self, trajectory: Trajectory | None) -> Trajectory:
+        """`trajectory` (a new one if None), now also recording the distance at each step."""
+        trajectory = trajectory if trajectory is not None else Trajectory()
+        previous = trajectory.on_record
+
+        def on_record(recorded: Trajectory, step: int) -> None:
+            _, point = recorded.latest()
+            self.steps.append(step)
+            self.distances.append((point - self.target).norm().item())
+            if previous is not None:
+                previous(recorded, step)
+
+        trajectory.on_record = on_record
+        return trajectory
+
+
+def distance_record(loss_fn: nn.Module) -> DistanceRecord | None:
+    """What a run on quadratic_form records for its convergence summary; None otherwise."""
+    from gradtrain.losses import QuadraticFormLoss
+
+    return DistanceRecord(loss_fn.minimizer) if isinstance(loss_fn, QuadraticFormLoss) else None
+
+
 def theory_summary(
-    cfg: Config, loss_fn: nn.Module, model: nn.Module, trajectory: Trajectory | None
+    cfg: Config, loss_fn: nn.Module, model: nn.Module, distances: DistanceRecord | None
 ) -> dict[str, Any]:
     """The summary's entries that compare a run with what is known of its problem:
     `convergence` on quadratic_form, `nearest_minimum` on the classic test functions (which of
@@ -189,11 +227,13 @@ def theory_summary(
     from gradtrain.models import VectorModel
 
     entries: dict[str, Any] = {}
-    if isinstance(loss_fn, QuadraticFormLoss) and trajectory is not None and len(trajectory):
-        steps, path = trajectory.path()
-        eigenvalues = loss_fn.eigenvalues.tolist()
+    if isinstance(loss_fn, QuadraticFormLoss) and distances is not None and distances.steps:
         entries["convergence"] = convergence_summary(
-            cfg, eigenvalues, loss_fn.minimizer, steps, path
+            cfg,
+            loss_fn.eigenvalues.tolist(),
+            loss_fn.minimizer,
+            distances.steps,
+            torch.tensor(distances.distances, dtype=torch.float64),
         )
     if (
         cfg.loss.name in TWO_PARAMETER_LOSSES
