@@ -636,6 +636,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         values = summary["params"]
         shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])
         lines.append(f"  x           [{shown}{', ...' if len(values) > 10 else ''}]")
+    convergence = summary.get("convergence")
+    if convergence is not None and convergence["measured_rate"] is not None:
+        theory = convergence["theoretical_rate"]
+        expected = f"{theory:.6g}" if theory is not None else "no closed form"
+        lines.append(f"  rate        {convergence['measured_rate']:.6g} (theory: {expected})")
     if "tensorboard_dir" in summary:
         lines.append(f"  logs        {summary['tensorboard_dir']}")
     lines.append(f"  summary     {Path(summary['run_dir']) / SUMMARY_FILE}")

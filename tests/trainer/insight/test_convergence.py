@@ -257,3 +257,20 @@ def test_sweep_over_condition_number_writes_the_rate_figure(
         within_two_percent(summary["convergence"], steps_per_decade=False)
     assert (sweep / "convergence.png").read_bytes().startswith(b"\x89PNG")
     assert str(sweep / "convergence.png") in result.output
+
+
+def test_a_fast_rate_is_measured_in_a_run_long_enough_to_thin_the_trajectory(
+    quick_run: QuickRunner,
+) -> None:
+    # Past 1024 recorded points the trajectory keeps every other one; the distances are kept
+    # whole, so the ~20 steps of this descent still have their points.
+    lr, momentum, _ = optimal_rates(10.0)["heavy ball (Polyak)"]
+    convergence = quadratic_form_run(
+        quick_run,
+        10.0,
+        "optimizer=sgd",
+        f"optimizer.lr={lr}",
+        f"optimizer.momentum={momentum}",
+        "trainer.max_steps=1100",
+    )
+    within_two_percent(convergence)
