@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import QuickRun
+from conftest import QuickRun, TrainResult
 
 from gradtrain.config import validate_config
 from gradtrain.errors import ConfigError
@@ -125,3 +126,60 @@ def test_test_functions_take_exactly_two_parameters(
     with pytest.raises(ConfigError) as caught:
         validate_config(composed(f"loss={name}", "model.size=3"))
     assert any(f"loss={name} is a function of 2 parameters" in p for p in caught.value.problems)
+
+
+@pytest.mark.parametrize("name", [*CLASSIC, "quadratic_form"])
+def test_explain_checks_the_analytic_gradient_of_each(quick_run: QuickRunner, name: str) -> None:
+    run = quick_run(f"loss={name}", "explain=true", "trainer.max_steps=2")
+    assert run.summary["gradient_check"]["passed"]
+    text = (run.run_dir / "explain.md").read_text()
+    loss_class = type(LOSSES.get(name)()).__name__
+    size = 10 if name == "quadratic_form" else 2  # (configs/loss/quadratic_form.yaml: dim 10)
+    assert f"| {loss_class}.analytic_gradient | {size} of {size} |" in text
+
+
+def test_the_sweep_figure_races_optimizers_on_a_test_function(
+    quick_run: QuickRunner, tmp_path: Path
+) -> None:
+    from gradtrain.insight.figures import draw_sweep_comparison
+
+    sweep = tmp_path / "sweep"
+    for job, optimizer in enumerate(("manual_sgd", "adam")):
+        quick_run(
+            "loss=himmelblau",
+            f"optimizer={optimizer}",
+            "trainer.max_steps=100",
+            "logger=tensorboard",
+            "logger.figures=true",
+            run_dir=sweep / f"{job}_optimizer={optimizer}",
+        )
+    figure = draw_sweep_comparison(sweep)
+    assert figure is not None and figure.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow  # train.py in a subprocess: the exit status and the message a user sees
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["loss=quadratic_form", "loss.condition_number=0.5"], "loss.condition_number"),
+        (["loss=quadratic_form", "loss.dim=0"], "loss.dim"),
+        (["landscape=interpolation"], "landscape=interpolation"),
+        (
+            [
+                "experiment=mlp_classification",
+                "model.hidden_sizes=[2048,2048]",
+                "landscape=filter_normalized",
+                "landscape.points=41",
+            ],
+            "landscape.points",
+        ),
+    ],
+)
+def test_bad_theory_settings_exit_2_naming_the_key(
+    train: Callable[..., TrainResult], args: list[str], key: str
+) -> None:
+    result = train(*args)
+    assert result.returncode == 2, result.output
+    assert key in result.stderr
+    assert "Traceback" not in result.output
+    assert not (result.run_dir / "summary.json").exists()
