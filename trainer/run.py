@@ -204,7 +204,8 @@ def _run(
         if figures is not None:
             figures.finish(result.steps, run_dir)
         summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, distances))
-        if landscape is not None and result.stop_reason != "diverged":
+        # (Not for a stopped run: resumed, it evaluates the landscape at its real end.)
+        if landscape is not None and result.stop_reason not in ("diverged", "interrupted"):
             summary["landscape"] = landscape.finish(
                 trainer.module, trainer.loss_fn, sink, run_dir, result.steps
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +160,17 @@ def test_the_cost_refusal_states_the_estimate_and_the_keys(composed: Compose) ->
     (problem,) = caught.value.problems
     assert "41²=1681 grid points" in problem or "1681 grid points" in problem
     assert "landscape.rows=256" in problem and "lower landscape.points or landscape.rows" in problem
+
+
+def test_a_resumed_run_interpolates_from_the_initial_weights_not_the_checkpoint(
+    quick_run: QuickRunner, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "resumed"
+    first = (*RUN[:3], "trainer.max_steps=30", "trainer.save_checkpoints=true")
+    quick_run(*first, run_dir=run_dir)
+    overrides = (*RUN, "landscape=interpolation", "landscape.points=5")
+    resumed = quick_run(*overrides, "trainer.resume=auto", run_dir=run_dir)
+    entry = resumed.summary["landscape"]
+    assert resumed.summary["steps"] == 60
+    initial_loss = loss_on_rows(overrides, None)
+    assert entry["losses"][entry["alphas"].index(0.0)] == pytest.approx(initial_loss, rel=1e-6)
