@@ -77,7 +77,11 @@ def interpolation_alphas(points: int) -> list[float]:
     among them."""
     low, high = ALPHA_RANGE
     grid = torch.linspace(low, high, points, dtype=torch.float64).tolist()
-    return sorted(set(grid) | {0.0, 1.0})
+    # linspace lands a hair off 0 (2.8e-17 for 41 points): such a value is 0 itself, not a
+    # second point beside it.
+    ends = (0.0, 1.0)
+    grid = [next((end for end in ends if abs(a - end) < 1e-9), a) for a in grid]
+    return sorted(set(grid) | set(ends))
 
 
 def interpolation(

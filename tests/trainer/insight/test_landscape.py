@@ -19,6 +19,7 @@ from gradtrain.errors import ConfigError
 from gradtrain.insight.landscape import (
     LANDSCAPE_TAG,
     filter_normalized_directions,
+    interpolation_alphas,
     landscape_rows,
 )
 from gradtrain.models import MLP
@@ -174,3 +175,12 @@ def test_a_resumed_run_interpolates_from_the_initial_weights_not_the_checkpoint(
     assert resumed.summary["steps"] == 60
     initial_loss = loss_on_rows(overrides, None)
     assert entry["losses"][entry["alphas"].index(0.0)] == pytest.approx(initial_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize("points", [2, 9, 10, 21, 41, 101])
+def test_alphas_span_the_range_with_0_and_1_once_each(points: int) -> None:
+    alphas = interpolation_alphas(points)
+    assert alphas[0] == -0.5 and alphas[-1] == 1.5
+    assert alphas.count(0.0) == 1 and alphas.count(1.0) == 1
+    assert not any(0 < abs(a) < 1e-9 or 0 < abs(a - 1) < 1e-9 for a in alphas)
+    assert points <= len(alphas) <= points + 2
