@@ -63,9 +63,10 @@ class QuadraticFormLossConfig(StrictModel):
     to `condition_number`), x* seeded; the run's convergence rate is compared with theory."""
 
     name: Literal["quadratic_form"]
-    dim: PositiveInt = 10
+    # A is dim x dim and made by a QR decomposition in float64: 4096 is 128 MiB and seconds.
+    dim: Annotated[int, Field(ge=1, le=4096)] = 10
     condition_number: Annotated[float, Field(ge=1)] = 10.0
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # (the range of the run's own seed)
 
 
 class BealeLossConfig(StrictModel):

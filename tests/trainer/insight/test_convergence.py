@@ -186,6 +186,8 @@ def test_quadratic_form_has_the_eigenvalues_and_minimum_it_promises() -> None:
     [
         (["loss.condition_number=0.5"], "loss.condition_number"),
         (["loss.dim=0"], "loss.dim"),
+        (["loss.dim=100000"], "loss.dim"),
+        (["loss.seed=-1"], "loss.seed"),
         (["model.size=3"], "loss.dim=10"),
     ],
 )
