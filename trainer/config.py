@@ -59,6 +59,41 @@ class RosenbrockLossConfig(StrictModel):
     b: PositiveFloat = 100.0
 
 
+class QuadraticFormLossConfig(StrictModel):
+    """`½ (x - x*)ᵀ A (x - x*)`: A = Q diag(λ) Qᵀ (Q a seeded random rotation, λ evenly from 1
+    to `condition_number`), x* seeded; the run's convergence rate is compared with theory."""
+
+    name: Literal["quadratic_form"]
+    # A is dim x dim and made by a QR decomposition in float64: 4096 is 128 MiB and seconds.
+    dim: Annotated[int, Field(ge=1, le=4096)] = 10
+    condition_number: Annotated[float, Field(ge=1)] = 10.0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # (the range of the run's own seed)
+
+
+class BealeLossConfig(StrictModel):
+    """Beale's function of two parameters, minimum 0 at (3, 0.5)."""
+
+    name: Literal["beale"]
+
+
+class HimmelblauLossConfig(StrictModel):
+    """Himmelblau's function of two parameters, four minima of value 0."""
+
+    name: Literal["himmelblau"]
+
+
+class BoothLossConfig(StrictModel):
+    """Booth's function of two parameters, minimum 0 at (1, 3)."""
+
+    name: Literal["booth"]
+
+
+class SaddleLossConfig(StrictModel):
+    """x² - y² + y⁴/4: a saddle at the origin, minima -1 at (0, ±√2)."""
+
+    name: Literal["saddle"]
+
+
 class MSELossConfig(StrictModel):
     name: Literal["mse"]
     reduction: Literal["mean", "sum"] = "mean"
@@ -81,6 +116,11 @@ class BCEWithLogitsLossConfig(StrictModel):
 LossConfig = Annotated[
     QuadraticLossConfig
     | RosenbrockLossConfig
+    | QuadraticFormLossConfig
+    | BealeLossConfig
+    | HimmelblauLossConfig
+    | BoothLossConfig
+    | SaddleLossConfig
     | MSELossConfig
     | HuberLossConfig
     | CrossEntropyLossConfig
@@ -88,7 +128,17 @@ LossConfig = Annotated[
     Field(discriminator="name"),
 ]
 # Losses of the model's parameters alone (no data), and the task each data loss expects.
-PARAMETER_LOSSES = ("quadratic", "rosenbrock")
+PARAMETER_LOSSES = (
+    "quadratic",
+    "rosenbrock",
+    "quadratic_form",
+    "beale",
+    "himmelblau",
+    "booth",
+    "saddle",
+)
+# Classic test functions of exactly two parameters (x, y).
+TWO_PARAMETER_LOSSES = ("beale", "himmelblau", "booth", "saddle")
 LOSS_TASK = {
     "mse": "regression",
     "huber": "regression",
@@ -391,6 +441,37 @@ class NoLoggerConfig(StrictModel):
 LoggerConfig = Annotated[TensorBoardLoggerConfig | NoLoggerConfig, Field(discriminator="name")]
 
 
+# ------------------------------------------------------------------------------------- landscape
+class NoLandscapeConfig(StrictModel):
+    name: Literal["none"]
+
+
+class InterpolationLandscapeConfig(StrictModel):
+    """After training: the loss along θ(α) = (1 - α) θ₀ + α θ_final, α from -0.5 to 1.5, on
+    `rows` seeded training rows, at `points` values of α (0 and 1 always among them)."""
+
+    name: Literal["interpolation"]
+    points: Annotated[int, Field(ge=2)] = 41
+    rows: PositiveInt = 256
+
+
+class FilterNormalizedLandscapeConfig(StrictModel):
+    """After training: the loss on a `points` x `points` grid around θ_final, θ_final + a d₁ +
+    b d₂ for a, b in [-span, span], along two seeded random directions scaled filter by filter
+    to the weights' norms (Li et al., 2018), on `rows` seeded training rows."""
+
+    name: Literal["filter_normalized"]
+    points: Annotated[int, Field(ge=2)] = 21
+    rows: PositiveInt = 256
+    span: PositiveFloat = 1.0
+
+
+LandscapeConfig = Annotated[
+    NoLandscapeConfig | InterpolationLandscapeConfig | FilterNormalizedLandscapeConfig,
+    Field(discriminator="name"),
+]
+
+
 # ------------------------------------------------------------------------------------------- root
 # torch's generators take 64-bit seeds, but NumPy's (Optuna's TPE sampler, seeded by `seed` in
 # hparams_search=optuna) take 0 .. 2**32 - 1: the range every generator a run seeds accepts.
@@ -407,6 +488,8 @@ class Config(StrictModel):
     trainer: TrainerConfig = TrainerConfig()
     logger: LoggerConfig = TensorBoardLoggerConfig(name="tensorboard")
     explain: bool = False  # before training, show autograd at work on it (trainer/explain.py)
+    # After training: the network's loss surface along or around the path (insight/landscape.py).
+    landscape: LandscapeConfig = NoLandscapeConfig(name="none")
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> Config:
@@ -588,6 +671,63 @@ def _rosenbrock_has_two_parameters(loss: LossConfig, model: ModelConfig) -> list
     return []
 
 
+def _vector_fits_loss(loss: LossConfig, model: ModelConfig) -> list[str]:
+    """quadratic_form's size is `dim`; the classic test functions take (x, y)."""
+    if not isinstance(model, VectorModelConfig):
+        return []
+    size = len(model.init) if model.init is not None else model.size
+    if isinstance(loss, QuadraticFormLossConfig) and size is not None and size != loss.dim:
+        return [
+            f"loss=quadratic_form has loss.dim={loss.dim} parameters but the model has {size} "
+            f"(model.init or model.size); set model.size=null and model.init=null to start at "
+            "the origin, or make them agree"
+        ]
+    if loss.name in TWO_PARAMETER_LOSSES and size is not None and size != 2:
+        return [
+            f"loss={loss.name} is a function of 2 parameters (x, y) but the model has {size} "
+            "(model.init or model.size)"
+        ]
+    return []
+
+
+# What a landscape may cost: evaluations x rows x weights, about the multiply-adds of its
+# forward passes (1e10: seconds on a laptop CPU).
+LANDSCAPE_BUDGET = 10**10
+
+
+def _landscape_fits(
+    landscape: LandscapeConfig, model: ModelConfig, dataset: DatasetConfig
+) -> list[str]:
+    if isinstance(landscape, NoLandscapeConfig):
+        return []
+    if dataset.name == "none":
+        return [
+            f"landscape={landscape.name} draws a network's loss over data rows, but dataset=none "
+            "has none (a loss of the parameters alone is drawn with the path by "
+            "logger.figures=true); set landscape=none, or choose a dataset"
+        ]
+    from gradtrain import memory  # (it reads these config models: imported when checked)
+
+    weights = memory.parameter_count(model, dataset)
+    evaluations = landscape.points + 2  # (α = 0 and 1 joined to the grid)
+    shape = f"landscape.points={landscape.points} values of α"
+    if isinstance(landscape, FilterNormalizedLandscapeConfig):
+        evaluations = landscape.points**2
+        shape = f"landscape.points²={evaluations} grid points"
+    rows = landscape.rows
+    rows_given = getattr(dataset, "n_samples", None)
+    if rows_given is not None:
+        rows = min(rows, rows_given)
+    cost = evaluations * rows * weights
+    if cost <= LANDSCAPE_BUDGET:
+        return []
+    return [
+        f"landscape={landscape.name} would cost about {cost:.2g} multiply-adds ({shape} x "
+        f"landscape.rows={rows} x {weights:,} weights), more than its budget of "
+        f"{LANDSCAPE_BUDGET:.0e}; lower landscape.points or landscape.rows"
+    ]
+
+
 def _lbfgs_does_not_accumulate(optimizer: OptimizerConfig, trainer: TrainerConfig) -> list[str]:
     if optimizer.name == "lbfgs" and trainer.accumulate_grad_batches != 1:
         return [
@@ -639,6 +779,8 @@ _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _binary_loss_has_two_classes,
     _outputs_fit_classes,
     _rosenbrock_has_two_parameters,
+    _vector_fits_loss,
+    _landscape_fits,
     _lbfgs_does_not_accumulate,
     _monitor_is_reported,
     _fits_in_memory,
@@ -658,7 +800,7 @@ def compatibility_problems(sections: Mapping[str, object]) -> list[str]:
 
 # Discriminated unions put the chosen option's name into error locations
 # (`optimizer.manual_sgd.lr`); users wrote `optimizer.lr`, so that is what errors say.
-_UNION_SECTIONS = ("loss", "model", "dataset", "optimizer", "scheduler", "logger")
+_UNION_SECTIONS = ("loss", "model", "dataset", "optimizer", "scheduler", "logger", "landscape")
 
 
 def _error_key(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:

@@ -59,8 +59,10 @@ from gradtrain.files import (
     write_atomic,
     write_json_atomic,
 )
+from gradtrain.insight.convergence import distance_record, rate_table_markdown, theory_summary
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
+from gradtrain.insight.landscape import Landscape
 from gradtrain.loop import FitResult, Trainer
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
@@ -159,12 +161,19 @@ def _run(
     )
     try:
         figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
+        trajectory = figures.trajectory if figures is not None else None
+        # quadratic_form: ‖x_k - x*‖ at each logging step, for the measured convergence rate.
+        distances = distance_record(parts.loss_fn) if main else None
+        if distances is not None:
+            trajectory = distances.attach(trajectory)
+        # (θ₀ taken before a checkpoint is loaded: a resumed run interpolates from the start.)
+        landscape = Landscape.for_run(cfg, parts) if main else None
         trainer = build_trainer(
             cfg,
             sink,
             checkpointer=checkpointer,
             stop_request=stop_request,
-            trajectory=figures.trajectory if figures is not None else None,
+            trajectory=trajectory,
             components=parts,
         )
         if checkpoint is not None:
@@ -175,7 +184,7 @@ def _run(
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         # The explanation describes a run's start, so a resumed run does not repeat it.
         explained = cfg.explain and checkpoint is None and main
-        gradient_check = _explain(trainer, sink, run_dir) if explained else None
+        gradient_check = _explain(trainer, sink, run_dir, cfg) if explained else None
         try:
             with stop:
                 result = trainer.fit()
@@ -195,6 +204,12 @@ def _run(
             summary["gradient_check"] = gradient_check
         if figures is not None:
             figures.finish(result.steps, run_dir)
+        summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, distances))
+        # (Not for a stopped run: resumed, it evaluates the landscape at its real end.)
+        if landscape is not None and result.stop_reason not in ("diverged", "interrupted"):
+            summary["landscape"] = landscape.finish(
+                trainer.module, trainer.loss_fn, sink, run_dir, result.steps
+            )
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
             # now too, its summary/* curves would show a point at the stop as well.)
@@ -325,6 +340,7 @@ MAY_CHANGE_ON_RESUME = (
     "dataset.pin_memory",
     "logger.",
     "explain",
+    "landscape.",
 )
 
 
@@ -395,7 +411,7 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any]:
+def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path, cfg: Config) -> dict[str, Any]:
     """explain=true: autograd on this run's model and first batch, printed, written to
     explain.md and logged as text. Returns the gradient check for the summary; a failed check
     stops the run before training."""
@@ -403,6 +419,8 @@ def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path) -> dict[str, Any
     batch = explain_batch(trainer.train_loader, trainer.device)
     report = explain(trainer.module, trainer.loss_fn, batch, lr=lr)
     markdown = report.to_markdown()
+    if cfg.loss.name == "quadratic_form":
+        markdown += "\n" + rate_table_markdown(cfg)
     log.info(markdown)
     write_atomic(run_dir / EXPLAIN_FILE, lambda file: file.write(markdown.encode()))
     sink.log_text("explain", markdown)
@@ -620,6 +638,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         values = summary["params"]
         shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])
         lines.append(f"  x           [{shown}{', ...' if len(values) > 10 else ''}]")
+    convergence = summary.get("convergence")
+    if convergence is not None and convergence["measured_rate"] is not None:
+        theory = convergence["theoretical_rate"]
+        expected = f"{theory:.6g}" if theory is not None else "no closed form"
+        lines.append(f"  rate        {convergence['measured_rate']:.6g} (theory: {expected})")
     if "tensorboard_dir" in summary:
         lines.append(f"  logs        {summary['tensorboard_dir']}")
     lines.append(f"  summary     {Path(summary['run_dir']) / SUMMARY_FILE}")

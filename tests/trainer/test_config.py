@@ -20,7 +20,17 @@ from gradtrain.config import (
 from gradtrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-GROUPS = ["loss", "model", "dataset", "optimizer", "scheduler", "trainer", "logger", "experiment"]
+GROUPS = [
+    "loss",
+    "model",
+    "dataset",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "experiment",
+    "landscape",
+]
 # Options that need a partner from another group to form a valid run.
 PARTNERS = {
     ("loss", "mse"): ["dataset=regression", "model=linear"],
@@ -36,6 +46,8 @@ PARTNERS = {
     ("dataset", "csv"): ["model=linear", "loss=mse", "dataset.path=x.csv", "dataset.target=y"],
     ("optimizer", "lbfgs"): ["experiment=linear_regression", "dataset.batch_size=null"],
     ("experiment", "csv_regression"): ["dataset.path=x.csv", "dataset.target=y"],
+    ("landscape", "interpolation"): ["experiment=linear_regression"],
+    ("landscape", "filter_normalized"): ["experiment=mlp_classification"],
 }
 
 
@@ -56,7 +68,7 @@ def test_every_option_of_every_group_composes_and_validates(
     raw = composed(f"{group}={option}", *PARTNERS.get((group, option), []))
     cfg = validate_config(raw)
     assert isinstance(cfg, Config)
-    if group in ("loss", "model", "dataset", "optimizer", "scheduler", "logger"):
+    if group in ("loss", "model", "dataset", "optimizer", "scheduler", "logger", "landscape"):
         assert getattr(cfg, group).name == VARIANT_OF.get(option, option)
 
 

@@ -56,6 +56,12 @@ class Trajectory:
         if self.on_record is not None:
             self.on_record(self, step)
 
+    def latest(self) -> tuple[int, Tensor]:
+        """(step, point) of the last `record`, kept or not (thinning drops points, not this)."""
+        if self._latest is None:
+            raise ValueError("nothing recorded yet")
+        return self._latest
+
     def path(self) -> tuple[list[int], Tensor]:
         """(steps, points): the kept points and the latest, points of shape (n, n_parameters)."""
         if self._latest is None:
