@@ -26,6 +26,7 @@ HELP_GROUPS = [
     "scheduler",
     "trainer",
     "logger",
+    "landscape",
     "hparams_search",
 ]
 
