@@ -10,7 +10,37 @@ This folder (`trainer/`) is the package `gradtrain`. Its rooms:
 - `metrics`: where numbers go (sinks, the event file, the dashboard layout, parameter stats);
 - `insight`: the lecture made visible (explain, the autograd graph, the gradient check, figures);
 - `sweeps`: one job of a sweep, the monitored metric, the sweep summary and figure;
-- `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`).
+- `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`);
+- `api`: the Python API, `compose`, `fit` and their `Result` (README: Python API).
 
-Nothing is imported here, so `import gradtrain.config` does not load torch.
+`from gradtrain import compose, fit, Result, Trainer` imports them on first use: nothing is
+imported by `import gradtrain` itself, so `import gradtrain.config` does not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradtrain.api import Result, compose, fit
+    from gradtrain.loop import Trainer
+
+# name -> the module it comes from (PEP 562: loaded when first asked for)
+_PUBLIC = {
+    "compose": "gradtrain.api",
+    "fit": "gradtrain.api",
+    "Result": "gradtrain.api",
+    "Trainer": "gradtrain.loop",  # the loop itself: `train_step` is the update, `fit` the rest
+}
+__all__ = ["Result", "Trainer", "compose", "fit"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'gradtrain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -33,7 +33,7 @@ from gradtrain.checkpoint import (
     resume_checkpoint_in,
     resume_problems,
 )
-from gradtrain.config import Config, validate_config
+from gradtrain.config import Config, LoggerConfig, validate_config
 from gradtrain.distributed import (
     CollectiveStop,
     broadcast_from_main,
@@ -62,6 +62,7 @@ from gradtrain.files import (
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.loop import FitResult, Trainer
+from gradtrain.metrics.history import TeeSink
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
 from gradtrain.signals import SignalStop
@@ -75,7 +76,19 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+@dataclass
+class Observer:
+    """What `run` shows a caller in the same process (`gradtrain.api.fit`): `sink` receives
+    everything the run logs, beside the run's own logger, and `trainer` is the Trainer once
+    built (its model, trained, when `run` returns)."""
+
+    sink: MetricSink
+    trainer: Trainer | None = None
+
+
+def run(
+    raw_config: Mapping[str, Any], run_dir: Path, observer: Observer | None = None
+) -> dict[str, Any]:
     """Train as `raw_config` says, writing logs, checkpoints and `summary.json` into `run_dir`.
 
     Returns the summary. Raises ConfigError (invalid config) or GradtrainError (a problem the
@@ -90,7 +103,7 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     cfg = validate_config(raw_config)
     device = resolve_device(cfg.trainer.device)
     with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
-        return _run(cfg, raw_config, run_dir, claim)
+        return _run(cfg, raw_config, run_dir, claim, observer)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,11 @@ class Start:
 
 
 def _run(
-    cfg: Config, raw_config: Mapping[str, Any], run_dir: Path, claim: contextlib.ExitStack
+    cfg: Config,
+    raw_config: Mapping[str, Any],
+    run_dir: Path,
+    claim: contextlib.ExitStack,
+    observer: Observer | None = None,
 ) -> dict[str, Any]:
     main = is_main_process()
     start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
@@ -149,6 +166,8 @@ def _run(
         if main
         else NullSink()
     )
+    if observer is not None:
+        sink = TeeSink(sink, observer.sink)
     stop = SignalStop(checkpoints=cfg.trainer.save_checkpoints)
     device = local_device(resolve_device(cfg.trainer.device))
     stop_request = (
@@ -166,6 +185,8 @@ def _run(
             trajectory=figures.trajectory if figures is not None else None,
             components=parts,
         )
+        if observer is not None:
+            observer.trainer = trainer
         if checkpoint is not None:
             assert resume_from is not None
             _load_into(trainer, checkpoint, resume_from)
@@ -188,7 +209,7 @@ def _run(
             if reported is not exc:
                 raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
             raise
-        summary = _summary(cfg, result, trainer.module, run_dir)
+        summary = _summary(cfg.logger, result, trainer.module, run_dir)
         summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
@@ -550,7 +571,7 @@ def _summary_status(run_dir: Path) -> str | None:
 
 
 def _summary(
-    cfg: Config, result: FitResult, model: torch.nn.Module, run_dir: Path
+    logger: LoggerConfig, result: FitResult, model: torch.nn.Module, run_dir: Path
 ) -> dict[str, Any]:
     status = {"diverged": "diverged", "interrupted": "interrupted"}.get(
         result.stop_reason, "completed"
@@ -579,7 +600,7 @@ def _summary(
         summary["diverged_at_step"] = result.diverged_at_step
     summary["last_checkpoint_step"] = result.last_checkpoint_step
     summary["run_dir"] = str(run_dir)
-    if cfg.logger.name == "tensorboard":
+    if logger.name == "tensorboard":
         summary["tensorboard_dir"] = str(run_dir / TENSORBOARD_DIR)
     return _json_safe(summary)
 
