@@ -204,7 +204,11 @@ def compose(overrides: Sequence[str] | None = None) -> Config:
             composed = hydra_compose(config_name="config", overrides=overrides)
         raw = OmegaConf.to_container(composed, resolve=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError([str(exc).strip()]) from exc
+        # What Hydra's command line prints for it: the error, and OmegaConf's cause below it.
+        message = str(exc).strip()
+        if isinstance(exc.__cause__, OmegaConfBaseException):
+            message += "\n" + str(exc.__cause__).strip()
+        raise ConfigError([message]) from exc
     assert isinstance(raw, dict)
     return validate_config(raw)  # type: ignore[arg-type]
 
