@@ -252,8 +252,9 @@ def fit(
         scheduler: an `LRScheduler` of that optimizer, or a factory called with it.
         batch_size: of `data` and `val_data` given as tensors or a Dataset (None: all rows).
         shuffle: whether those training batches are shuffled (seeded by `seed`, per epoch).
-        classification: count right answers (`train/accuracy`, `val/accuracy`); None: when
-            the loss is a cross-entropy.
+        classification: count right answers (`train/accuracy`, `val/accuracy`): the largest
+            of several logits, or one logit > 0, against a class index; None: when the loss is
+            `nn.CrossEntropyLoss` or `nn.NLLLoss`.
         seed: seeds torch and Python's generators and the batch order, as the command line.
         explain: before training, show autograd on the model and its first batch
             (`Result.explain`, `explain.md`): the graph, a gradient check, `no_grad`, `detach`.
@@ -496,7 +497,8 @@ def _fit_user_code(
     the_optimizer = _optimizer(optimizer, module)
     the_scheduler = _scheduler(scheduler, the_optimizer)
     if classification is None:
-        classification = isinstance(loss, nn.CrossEntropyLoss | nn.BCEWithLogitsLoss | nn.NLLLoss)
+        # (Losses of class indices: a prediction's class is its largest logit.)
+        classification = isinstance(loss, nn.CrossEntropyLoss | nn.NLLLoss)
     description = _describe_run(settings, module, loss_fn, the_optimizer)
     keep = run_dir is not None or _writes_files(cfg, settings.logger)
     history = History()
