@@ -115,3 +115,30 @@ def test_the_readme_python_api_blocks_run_as_one_script_from_an_empty_folder(
     # The runs that write logs went to fresh folders under outputs/, or to the run_dir given.
     assert len(list((folder / "outputs").glob("*/*/summary.json"))) == 2
     assert (folder / "runs" / "linear" / "summary.json").exists()
+
+
+# Run by the scratch venv's interpreter in a folder outside any checkout.
+INSTALLED_SCRIPT = """
+import json
+import gradtrain
+from gradtrain import compose, fit
+
+result = fit(compose(["loss=rosenbrock", "optimizer=adam", "trainer.max_steps=50"]))
+print(json.dumps({"file": gradtrain.__file__, "steps": result.summary["steps"],
+                  "run_dir": str(result.run_dir), "figure": result.figure is not None}))
+"""
+
+
+def test_compose_and_fit_work_from_any_folder_after_a_regular_install(tmp_path: Path) -> None:
+    from tests.test_packaging import BUILD_IN_PLACE, ScratchVenv, _copy_checkout
+
+    checkout = _copy_checkout(tmp_path / "checkout")
+    env = ScratchVenv(tmp_path / "venv", workdir=tmp_path / "elsewhere", hf_home=tmp_path / "hf")
+    isolation = ["--no-build-isolation"] if BUILD_IN_PLACE else []
+    env.pip("install", "--no-deps", "--ignore-installed", "--no-compile", *isolation, str(checkout))
+    out = json.loads(env._python("-c", INSTALLED_SCRIPT).stdout.strip().splitlines()[-1])
+    assert env.is_inside(out["file"])  # the installed copy, not this checkout
+    assert out["steps"] == 50 and out["figure"] is True
+    run_dir = Path(out["run_dir"])
+    assert run_dir.parent.parent == tmp_path / "elsewhere" / "outputs"
+    assert (run_dir / "summary.json").exists()
