@@ -65,7 +65,7 @@ from gradtrain.insight.figures import (
     matplotlib_available,
 )
 from gradtrain.insight.trajectory import MAX_PARAMETERS
-from gradtrain.loop import Trainer
+from gradtrain.loop import FitResult, Trainer
 from gradtrain.losses import ParameterLoss
 from gradtrain.metrics.history import History, TeeSink
 from gradtrain.models import VectorModel
@@ -77,7 +77,6 @@ from gradtrain.run import (
     _agree_on_start,
     _close_sink,
     _explain,
-    _how_to_continue,
     _load_into,
     _reported,
     _summary,
@@ -596,12 +595,23 @@ def _fit_user_code(
             raise error
         if result.stop_reason == "interrupted":
             interrupted = TrainingInterrupted(
-                f"{result.message}; {_how_to_continue(result, folder)}",
+                f"{result.message}; {_how_to_continue_fit(result, folder)}",
                 stop.signal_number or signal.SIGTERM,
             )
             interrupted.result = outcome  # type: ignore[attr-defined]
             raise interrupted
         return outcome
+
+
+def _how_to_continue_fit(result: FitResult, folder: Path) -> str:
+    """The stop message's second half, for fit: what was saved, and the call that continues."""
+    again = f"fit(..., run_dir={str(folder)!r}, resume='auto') with the same model and optimizer"
+    last = result.last_checkpoint_step
+    if last is not None and last == result.steps:
+        return f"checkpoint saved. Continue with {again}"
+    if last is not None:
+        return f"no checkpoint at this step; {again} continues from step {last}"
+    return "no checkpoint was saved (save_checkpoints=False), so nothing can be continued"
 
 
 def _as_module(model: nn.Module | Tensor) -> nn.Module:

@@ -17,10 +17,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from gradtrain import Result, Trainer, compose, fit
 from gradtrain.config import validate_config
-from gradtrain.errors import ConfigError, ResumeConfigMismatch, TrainingDiverged
+from gradtrain.errors import (
+    ConfigError,
+    ResumeConfigMismatch,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from gradtrain.loop import Trainer as LoopTrainer
 from gradtrain.metrics.sinks import PNG_SIGNATURE
-from tests.conftest import compose_config, read_scalars
+from tests.conftest import StopAfter, compose_config, read_scalars
 
 QUIET = {"progress_bar": False}  # (stderr is no terminal under pytest anyway)
 NOTHING_WRITTEN = {**QUIET, "logger": "none", "save_checkpoints": False}
@@ -303,6 +308,39 @@ def test_resume_auto_continues_a_users_run_as_if_never_stopped(tmp_path: Path) -
             resume="auto",
             **QUIET,
         )
+
+
+def test_a_signal_stops_fit_with_a_checkpoint_that_resume_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gradtrain.api
+
+    def session(run_dir: Path, **more: Any) -> Result:
+        model = linear_model()
+        return fit(
+            model=model,
+            data=linear_data(),
+            loss=nn.MSELoss(),
+            optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
+            max_steps=30,
+            logger="none",
+            run_dir=run_dir,
+            **QUIET,
+            **more,
+        )
+
+    straight = session(tmp_path / "straight")
+    with monkeypatch.context() as patched:  # as if Ctrl-C (Jupyter's interrupt) came at step 12
+        patched.setattr(gradtrain.api, "SignalStop", StopAfter(12))
+        with pytest.raises(TrainingInterrupted) as stopped:
+            session(tmp_path / "stopped")
+    message = str(stopped.value)
+    assert "stopped by a signal after step 12; checkpoint saved" in message
+    assert f"run_dir={str(tmp_path / 'stopped')!r}, resume='auto'" in message
+    assert stopped.value.result.summary["status"] == "interrupted"  # type: ignore[attr-defined]
+    resumed = session(tmp_path / "stopped", resume="auto")
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
 
 
 def test_bad_settings_raise_one_config_error_naming_each(
