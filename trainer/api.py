@@ -159,9 +159,12 @@ class Result:
 
     def __str__(self) -> str:
         """The summary as the command line prints it."""
-        if "run_dir" in self.summary:
-            return format_summary(self.summary)
-        lines = format_summary({**self.summary, "run_dir": ""}).splitlines()
+        try:
+            if "run_dir" in self.summary:
+                return format_summary(self.summary)
+            lines = format_summary({**self.summary, "run_dir": ""}).splitlines()
+        except (KeyError, TypeError, ValueError):  # (a run that failed: its summary is short)
+            return f"Result(summary={self.summary!r}, run_dir={self.run_dir})"
         return "\n".join(lines[:-1])  # (no folder: no summary.json line)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
