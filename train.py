@@ -113,22 +113,17 @@ def _exit_on_unknown_key(
     Hydra would suggest `+trainer.max_step=5`, which adds the typo for the schema to refuse.
     The config is composed once more without that override, to see the keys that do exist.
     """
-    import re
-
     from gradtrain.errors import ConfigError
-    from gradtrain.suggest import dotted_keys, unknown_override_message
+    from gradtrain.suggest import unknown_override_problem
 
-    match = re.match(r"Could not override '([^']+)'\.", str(error))
     overrides = list(kwargs.get("overrides", args[1] if len(args) > 1 else []))
-    typed = [o for o in overrides if match and o.split("=", 1)[0] == match[1]]
-    if match is None or not typed:
+
+    def compose(chosen: list[str]) -> dict[str, Any]:
+        return _plain(load(*args, **{**kwargs, "overrides": chosen}))  # type: ignore[no-any-return]
+
+    problem = unknown_override_problem(str(error), overrides, compose)
+    if problem is None:
         return
-    try:
-        cfg = load(*args, **{**kwargs, "overrides": [o for o in overrides if o not in typed]})
-    except ConfigCompositionException:
-        return  # (another override fails too: Hydra's own message, for the first one)
-    keys = dotted_keys({k: v for k, v in _plain(cfg).items() if k != "hydra"})
-    problem = unknown_override_message(match[1], typed[0], keys)
     print(f"{_who()}: {ConfigError([problem])}", file=sys.stderr)
     sys.exit(ConfigError.exit_code)
 

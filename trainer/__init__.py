@@ -12,20 +12,40 @@ This folder (`trainer/`) is the package `gradtrain`. Its rooms:
 - `sweeps`: one job of a sweep, the monitored metric, the sweep summary and figure;
 - `plugins` (installed packages' components, entry points `gradtrain.plugins`) and
   `plugin_configs` (their YAML on Hydra's search path); `inference` (`load_run`: predictions);
-- `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`).
+- `gradtrain.datasets` (the `datasets/` folder) and `gradtrain.configs` (`configs/`);
+- `api`: the Python API, `compose`, `fit` and their `Result` (README: Python API).
 
-Nothing heavy is imported here, so `import gradtrain.config` does not load torch.
+`from gradtrain import compose, fit, load_run, Result, Trainer` imports them on first use:
+nothing is imported by `import gradtrain` itself, so `import gradtrain.config` does not load
+torch.
 """
 
-import importlib as _importlib
+from __future__ import annotations
 
-# The public API, imported on first use (`gradtrain.load_run`), so that importing the package
-# (or `gradtrain.config`) still loads nothing heavy: name -> the module that defines it.
-_PUBLIC = {"load_run": "gradtrain.inference"}
-__all__ = list(_PUBLIC)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradtrain.api import Result, compose, fit
+    from gradtrain.inference import load_run
+    from gradtrain.loop import Trainer
+
+# name -> the module it comes from (PEP 562: loaded when first asked for)
+_PUBLIC = {
+    "compose": "gradtrain.api",
+    "fit": "gradtrain.api",
+    "Result": "gradtrain.api",
+    "load_run": "gradtrain.inference",
+    "Trainer": "gradtrain.loop",  # the loop itself: `train_step` is the update, `fit` the rest
+}
+__all__ = ["Result", "Trainer", "compose", "fit", "load_run"]
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        return getattr(_importlib.import_module(_PUBLIC[name]), name)
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'gradtrain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

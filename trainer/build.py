@@ -46,6 +46,7 @@ from gradtrain.insight.trajectory import Trajectory
 from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
 from gradtrain.losses import LOSSES, ParameterLoss
 from gradtrain.memory import memory_report
+from gradtrain.metrics.history import TeeSink
 from gradtrain.metrics.parameter_stats import ParameterStats
 from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
 from gradtrain.models import MODELS, VectorModel
@@ -427,7 +428,10 @@ def build_parameter_stats(
     cfg: LoggerConfig, sink: MetricSink, model: nn.Module
 ) -> ParameterStats | None:
     """Histograms and update ratios when the TensorBoard logger asks for them, else None."""
-    if not isinstance(cfg, TensorBoardLoggerConfig) or not isinstance(sink, TensorBoardSink):
+    # (A TeeSink: the TensorBoard sink with `gradtrain.fit`'s history beside it.)
+    if not isinstance(cfg, TensorBoardLoggerConfig) or not isinstance(
+        sink, TensorBoardSink | TeeSink
+    ):
         return None
     if cfg.histogram_every_n_steps is None and not cfg.update_ratio:
         return None

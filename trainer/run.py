@@ -33,7 +33,7 @@ from gradtrain.checkpoint import (
     resume_checkpoint_in,
     resume_problems,
 )
-from gradtrain.config import Config, validate_config
+from gradtrain.config import Config, LoggerConfig, validate_config
 from gradtrain.distributed import (
     CollectiveStop,
     broadcast_from_main,
@@ -64,6 +64,7 @@ from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.insight.landscape import Landscape
 from gradtrain.loop import FitResult, Trainer
+from gradtrain.metrics.history import TeeSink
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
 from gradtrain.signals import SignalStop
@@ -77,7 +78,19 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+@dataclass
+class Observer:
+    """What `run` shows a caller in the same process (`gradtrain.api.fit`): `sink` receives
+    everything the run logs, beside the run's own logger, and `trainer` is the Trainer once
+    built (its model, trained, when `run` returns)."""
+
+    sink: MetricSink
+    trainer: Trainer | None = None
+
+
+def run(
+    raw_config: Mapping[str, Any], run_dir: Path, observer: Observer | None = None
+) -> dict[str, Any]:
     """Train as `raw_config` says, writing logs, checkpoints and `summary.json` into `run_dir`.
 
     Returns the summary. Raises ConfigError (invalid config) or GradtrainError (a problem the
@@ -92,7 +105,7 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     cfg = validate_config(raw_config)
     device = resolve_device(cfg.trainer.device)
     with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
-        return _run(cfg, raw_config, run_dir, claim)
+        return _run(cfg, raw_config, run_dir, claim, observer)
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,11 @@ class Start:
 
 
 def _run(
-    cfg: Config, raw_config: Mapping[str, Any], run_dir: Path, claim: contextlib.ExitStack
+    cfg: Config,
+    raw_config: Mapping[str, Any],
+    run_dir: Path,
+    claim: contextlib.ExitStack,
+    observer: Observer | None = None,
 ) -> dict[str, Any]:
     main = is_main_process()
     start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
@@ -152,6 +169,8 @@ def _run(
         if main
         else NullSink()
     )
+    if observer is not None:
+        sink = TeeSink(sink, observer.sink)
     stop = SignalStop(checkpoints=cfg.trainer.save_checkpoints)
     device = local_device(resolve_device(cfg.trainer.device))
     stop_request = (
@@ -176,6 +195,8 @@ def _run(
             trajectory=trajectory,
             components=parts,
         )
+        if observer is not None:
+            observer.trainer = trainer
         if checkpoint is not None:
             assert resume_from is not None
             _load_into(trainer, checkpoint, resume_from)
@@ -198,7 +219,7 @@ def _run(
             if reported is not exc:
                 raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
             raise
-        summary = _summary(cfg, result, trainer.module, run_dir)
+        summary = _summary(cfg.logger, result, trainer.module, run_dir)
         summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
@@ -411,7 +432,9 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path, cfg: Config) -> dict[str, Any]:
+def _explain(
+    trainer: Trainer, sink: MetricSink, run_dir: Path, cfg: Config | None = None
+) -> dict[str, Any]:
     """explain=true: autograd on this run's model and first batch, printed, written to
     explain.md and logged as text. Returns the gradient check for the summary; a failed check
     stops the run before training."""
@@ -419,7 +442,7 @@ def _explain(trainer: Trainer, sink: MetricSink, run_dir: Path, cfg: Config) -> 
     batch = explain_batch(trainer.train_loader, trainer.device)
     report = explain(trainer.module, trainer.loss_fn, batch, lr=lr)
     markdown = report.to_markdown()
-    if cfg.loss.name == "quadratic_form":
+    if cfg is not None and cfg.loss.name == "quadratic_form":  # (None: fit() of user code)
         markdown += "\n" + rate_table_markdown(cfg)
     log.info(markdown)
     write_atomic(run_dir / EXPLAIN_FILE, lambda file: file.write(markdown.encode()))
@@ -569,7 +592,7 @@ def _summary_status(run_dir: Path) -> str | None:
 
 
 def _summary(
-    cfg: Config, result: FitResult, model: torch.nn.Module, run_dir: Path
+    logger: LoggerConfig, result: FitResult, model: torch.nn.Module, run_dir: Path
 ) -> dict[str, Any]:
     status = {"diverged": "diverged", "interrupted": "interrupted", "pruned": "pruned"}.get(
         result.stop_reason, "completed"
@@ -598,7 +621,7 @@ def _summary(
         summary["diverged_at_step"] = result.diverged_at_step
     summary["last_checkpoint_step"] = result.last_checkpoint_step
     summary["run_dir"] = str(run_dir)
-    if cfg.logger.name == "tensorboard":
+    if logger.name == "tensorboard":
         summary["tensorboard_dir"] = str(run_dir / TENSORBOARD_DIR)
     return _json_safe(summary)
 

@@ -9,7 +9,8 @@ exist next to it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 # How alike (difflib's ratio, 0..1) a real key must be to a typed one to be suggested.
@@ -68,3 +69,21 @@ def _other_options(section: str, name: str) -> str:
     options = section_options(section)  # (none for trainer or seed: one model, no options)
     owners = [option for option, model in options.items() if name in model.model_fields]
     return f"; a key of {section}={', '.join(owners)}" if owners else ""
+
+
+def unknown_override_problem(
+    error: str, overrides: list[str], compose: Callable[[list[str]], Mapping[str, Any]]
+) -> str | None:
+    """The message for Hydra's "Could not override 'trainer.max_step'" (an override of a key no
+    config has): the closest real key, found by composing once more without that override with
+    `compose`. None for any other error, or when the config fails without it too."""
+    match = re.match(r"Could not override '([^']+)'\.", error)
+    typed = [o for o in overrides if match and o.split("=", 1)[0] == match[1]]
+    if match is None or not typed:
+        return None
+    try:
+        composed = compose([o for o in overrides if o not in typed])
+    except Exception:
+        return None  # (another override fails too: Hydra's own message, for the first one)
+    keys = dotted_keys({k: v for k, v in composed.items() if k != "hydra"})
+    return unknown_override_message(match[1], typed[0], keys)

@@ -190,7 +190,10 @@ class EventFileWriter:
         log_dir.mkdir(parents=True, exist_ok=True)
         name = (
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_file_numbers)}"
+            # (Zero-padded: readers take a folder's files in name order, and a session's
+            # purge must come after the earlier session's file, also past the 10th file of a
+            # process, as in a notebook that resumes a run within the second.)
+            f"{os.getpid()}.{next(_file_numbers):06d}"
         )
         self.path = log_dir / name
         self._file = self.path.open("xb")
