@@ -281,7 +281,7 @@ def test_tensorboard_serves_every_run_of_a_sweep_with_its_loss_and_hparams(
     )
     assert hparams["optimizer.name"]["differs"] is True
     metrics = {info["name"]["tag"] for info in experiment["metricInfos"]}
-    assert {"summary/final_loss", "summary/best_loss", "train/loss"} <= metrics
+    assert {"train/loss_final", "train/loss_best", "train/loss"} <= metrics
 
     statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
     groups = server.post(
@@ -297,7 +297,7 @@ def test_tensorboard_serves_every_run_of_a_sweep_with_its_loss_and_hparams(
         assert None not in group["hparams"].values()
         final = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
         summary = json.loads((result.sweep_dir / run / ".." / "summary.json").read_text())
-        assert final["summary/final_loss"] == pytest.approx(summary["final_loss"])
+        assert final["train/loss_final"] == pytest.approx(summary["final_loss"])
     assert "momentum" not in str(by_run[next(r for r in by_run if "adam" in r)]["hparams"])
 
     # The custom-scalars layout, the same in every run, merged into one.

@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,13 +194,15 @@ def _run(
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
         if figures is not None:
-            figures.finish(result.steps, run_dir)
+            began = time.perf_counter()
+            figures.finish(result.steps, run_dir)  # (matplotlib: about a second, once)
+            summary["one_time_s"]["figures"] = round(time.perf_counter() - began, 6)
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
-            # now too, its summary/* curves would show a point at the stop as well.)
+            # now too, train/loss_final and train/loss_best would show a point at the stop too.)
             sink.log_hparams(
                 flatten_hparams(raw_config),
-                {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
+                {"train/loss_final": result.final_loss, "train/loss_best": result.best_loss},
                 step=result.steps,
             )
     finally:
@@ -563,7 +566,10 @@ def _summary(
         "steps": result.steps,
         "epochs": result.epochs,
         "wall_s": round(result.wall_s, 6),
-        "steps_per_s": round(result.steps / result.wall_s, 3) if result.wall_s > 0 else None,
+        "steps_per_s": _steps_per_s(result),
+        # Time that does not grow with the steps, kept out of steps_per_s: each session's first
+        # update (torch.optim's first step imports torch._dynamo) and the figures at the end.
+        "one_time_s": {"first_step": round(result.first_step_s, 6)},
         "grad_norm": result.grad_norm,
     }
     for key in ("val_loss", "val_accuracy", "train_accuracy"):
@@ -584,6 +590,14 @@ def _summary(
     return _json_safe(summary)
 
 
+def _steps_per_s(result: FitResult) -> float | None:
+    """The rate of the updates after each session's first (whose one-time costs would make a
+    short run look slow), or None when there are none."""
+    steps = result.steps - result.first_steps
+    seconds = result.wall_s - result.first_step_s
+    return round(steps / seconds, 3) if steps > 0 and seconds > 0 else None
+
+
 def _json_safe(value: Any) -> Any:
     """NaN and infinity become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -600,9 +614,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         value = summary.get(key)
         return "non-finite" if value is None else format(value, spec)
 
+    rate = summary.get("steps_per_s")
+    rate_text = f" ({rate:.0f} steps/s)" if rate is not None else ""
     lines = [
         f"{summary['status'].capitalize()} after {summary['wall_s']:.2f} s: "
-        f"{summary['steps']} steps ({number('steps_per_s', '.0f')} steps/s), "
+        f"{summary['steps']} steps{rate_text}, "
         f"{summary['epochs']} epochs, stopped at {summary['stop_reason']}.",
         f"  final loss  {number('final_loss', '.8g')}",
         f"  best loss   {number('best_loss', '.8g')}",
@@ -619,6 +635,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         values = summary["params"]
         shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])
         lines.append(f"  x           [{shown}{', ...' if len(values) > 10 else ''}]")
+    one_time = summary.get("one_time_s") or {}
+    if one_time:
+        parts = ", ".join(
+            f"{key.replace('_', ' ')} {value:.2f} s" for key, value in one_time.items()
+        )
+        lines.append(f"  one-time    {parts}")
     if "tensorboard_dir" in summary:
         lines.append(f"  logs        {summary['tensorboard_dir']}")
     lines.append(f"  summary     {Path(summary['run_dir']) / SUMMARY_FILE}")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gradtrain")
 
-FIGURE_TAG = "figures/trajectory"
+FIGURE_TAG = "watch/trajectory"
 MATPLOTLIB_MISSING = (
     "figures skipped: matplotlib is not installed (pip install matplotlib, or set "
     "logger.figures=false to stop this message)"

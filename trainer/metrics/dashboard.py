@@ -25,12 +25,12 @@ CHART_LAYOUT: dict[str, dict[str, list[str | list[str]]]] = {
         "train vs val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
     },
     "gradients": {
-        "global grad norm (before clipping)": ["Multiline", [r"^train/grad_norm$"]],
-        "grad norm per parameter": ["Multiline", [r"^train/grad_norm/"]],
+        "global grad norm (before clipping)": ["Multiline", [r"^watch/grad_norm$"]],
+        "grad norm per parameter": ["Multiline", [r"^watch/grad_norm/"]],
     },
     "optimizer": {
-        "learning rate": ["Multiline", [r"^optim/lr$"]],
-        "update-to-weight ratio per parameter": ["Multiline", [r"^optim/update_ratio/"]],
+        "learning rate": ["Multiline", [r"^watch/lr$"]],
+        "update-to-weight ratio per parameter": ["Multiline", [r"^watch/update_ratio/"]],
     },
 }
 

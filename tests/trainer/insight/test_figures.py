@@ -65,7 +65,7 @@ def test_rosenbrock_run_logs_its_path_every_n_steps_and_at_the_end(quick_run: Qu
     for _, png in images:
         assert decode(png) == png_size(png) == (640, 480)
     _, steps, points = load_trajectory(result.run_dir / "trajectory.json")
-    assert steps == [0, 10, 20, 30, 40, 45]  # the start, then the logging steps
+    assert steps == [0, 1, 10, 20, 30, 40, 45]  # the start, then the logging steps
     assert points[0].tolist() == [-1.5, 2.0]
     assert points[-1].tolist() == pytest.approx(
         json.loads((result.run_dir / "summary.json").read_text())["params"]
