@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from gradtrain.files import (
 from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.loop import FitResult, Trainer
+from gradtrain.metrics.dashboard import select_hparams
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
 from gradtrain.signals import SignalStop
@@ -76,7 +77,9 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
 
-def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+def run(
+    raw_config: Mapping[str, Any], run_dir: Path, hparam_keys: Collection[str] | None = None
+) -> dict[str, Any]:
     """Train as `raw_config` says, writing logs, checkpoints and `summary.json` into `run_dir`.
 
     Returns the summary. Raises ConfigError (invalid config) or GradtrainError (a problem the
@@ -87,11 +90,14 @@ def run(raw_config: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     started there meanwhile is refused. Under torchrun every process calls this; they join
     one process group for the run, and only rank 0 claims and writes (into its `run_dir`,
     which becomes every rank's).
+
+    `hparam_keys`: the keys (or groups) logged to TensorBoard's HParams tab, e.g. a sweep job's
+    swept keys (`sweeps.names.swept_keys`); None: every key.
     """
     cfg = validate_config(raw_config)
     device = resolve_device(cfg.trainer.device)
     with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
-        return _run(cfg, raw_config, run_dir, claim)
+        return _run(cfg, raw_config, run_dir, claim, hparam_keys)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,11 @@ class Start:
 
 
 def _run(
-    cfg: Config, raw_config: Mapping[str, Any], run_dir: Path, claim: contextlib.ExitStack
+    cfg: Config,
+    raw_config: Mapping[str, Any],
+    run_dir: Path,
+    claim: contextlib.ExitStack,
+    hparam_keys: Collection[str] | None = None,
 ) -> dict[str, Any]:
     main = is_main_process()
     start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
@@ -199,10 +209,11 @@ def _run(
             summary["one_time_s"]["figures"] = round(time.perf_counter() - began, 6)
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
-            # now too, train/loss_final and train/loss_best would show a point at the stop too.)
+            # now too, train/loss_best would show a point at the stop as well.)
+            # (HParams shows the last value of every scalar: train/loss's is the final loss.)
             sink.log_hparams(
-                flatten_hparams(raw_config),
-                {"train/loss_final": result.final_loss, "train/loss_best": result.best_loss},
+                select_hparams(flatten_hparams(raw_config), hparam_keys),
+                {"train/loss_best": result.best_loss},
                 step=result.steps,
             )
     finally:

@@ -8,13 +8,15 @@ the runs side by side and a run shows the same on its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     from gradtrain.metrics.sinks import HParamValue
+
+Value = TypeVar("Value")
 
 # Custom Scalars: category -> chart title -> ("Multiline", regexes of the tags it overlays).
 # TensorBoard merges the identical layouts of all runs into one, and draws every run's matching
@@ -69,3 +71,17 @@ def hparams_summaries(hparams: Mapping[str, HParamValue]) -> list[Summary]:
         Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
         for tag, data in records.items()
     ]
+
+
+def select_hparams(hparams: Mapping[str, Value], keys: Iterable[str] | None) -> dict[str, Value]:
+    """The flattened `hparams` under `keys` (a group `optimizer` covers `optimizer.name`,
+    `optimizer.lr`, ...), or all of them when `keys` is None or selects none."""
+    if keys is None:
+        return dict(hparams)
+    prefixes = [key.lstrip("+~") for key in keys]
+    chosen = {
+        name: value
+        for name, value in hparams.items()
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+    }
+    return chosen or dict(hparams)

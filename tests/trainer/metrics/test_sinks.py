@@ -63,7 +63,7 @@ def test_event_file_is_the_runs_own_and_holds_config_and_hparams(quadratic_run: 
     assert "_hparams_/experiment" not in content
     assert "_hparams_/session_end_info" in content
     scalars = read_scalars(quadratic_run)
-    assert scalars["train/loss_final"][0][0] == 30
+    assert scalars["train/loss_best"][0][0] == 30
 
 
 def test_linear_model_logs_one_grad_norm_per_parameter(
