@@ -94,3 +94,14 @@ def test_one_time_costs_are_reported_apart_from_the_rate(quick_run: Quick) -> No
     assert one_time["figures"] > 0  # drawn after training: not part of wall_s
     steps_s = result.summary["wall_s"] - one_time["first_step"]
     assert result.summary["steps_per_s"] == pytest.approx(49 / steps_s, rel=1e-3)
+
+
+def test_a_run_of_one_update_has_no_rate_and_says_none(quick_run: Quick) -> None:
+    from gradtrain.run import format_summary
+
+    summary = quick_run("trainer.max_steps=1").summary
+    assert summary["steps_per_s"] is None  # its one update is all one-time cost
+    assert summary["one_time_s"]["first_step"] <= summary["wall_s"]
+    assert format_summary(summary).startswith(
+        f"Completed after {summary['wall_s']:.2f} s: 1 steps,"
+    )
