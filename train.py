@@ -52,8 +52,13 @@ def main(cfg: DictConfig) -> float | None:
         )
         sys.exit(2)
     if hydra_cfg.mode == RunMode.MULTIRUN:
+        from gradtrain.sweeps.names import swept_keys
+
+        # Only the keys this job was swept over go to the HParams tab.
+        exclude_keys = hydra_cfg.job.config.override_dirname.exclude_keys
+        swept = swept_keys(hydra_cfg.overrides.task, exclude_keys)
         # A failed job must not end the sweep: it is recorded, and the others go on.
-        return run_sweep_job(raw_config, run_dir)  # type: ignore[arg-type]
+        return run_sweep_job(raw_config, run_dir, hparam_keys=swept)  # type: ignore[arg-type]
     try:
         summary = run(raw_config, run_dir)  # type: ignore[arg-type]
     except GradtrainError as exc:

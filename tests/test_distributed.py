@@ -126,7 +126,7 @@ def test_two_processes_of_batch_b_end_like_one_process_of_batch_2b(
     # The logged loss and metrics describe the global batch, under the same tags.
     left, right = read_scalars(one / "tensorboard"), read_scalars(two_processes / "tensorboard")
     assert left.keys() == right.keys()
-    for tag in ("train/loss", "train/grad_norm", "val/loss", "train/accuracy", "val/accuracy"):
+    for tag in ("train/loss", "watch/grad_norm", "val/loss", "train/accuracy", "val/accuracy"):
         assert [s for s, _ in left[tag]] == [s for s, _ in right[tag]], tag
         assert [v for _, v in left[tag]] == pytest.approx([v for _, v in right[tag]], rel=1e-5)
     one_summary = json.loads((one / "summary.json").read_text())

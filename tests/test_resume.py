@@ -118,7 +118,9 @@ def test_a_stop_signal_checkpoints_at_that_step_and_resume_finishes_identically(
 
     result = finish(run_dir, "trainer.resume=auto")
     assert result.returncode == 0, result.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["wall_s"] > summary["wall_s"]  # the stopped session's time carried over
     assert_same_final_state(uninterrupted, run_dir)
     assert_same_loss_curve(uninterrupted, run_dir)
 

@@ -114,7 +114,7 @@ def test_linear_regression_with_adam_logs_loss_lr_and_a_grad_norm_per_parameter(
         "trainer.max_steps=null",  # the preset's 20 epochs
     )
     tags = set(result.scalars())
-    assert {"train/loss", "train/grad_norm/weight", "train/grad_norm/bias", "optim/lr"} <= tags
+    assert {"train/loss", "watch/grad_norm/weight", "watch/grad_norm/bias", "watch/lr"} <= tags
     assert result.summary["epochs"] == 20
 
 

@@ -18,6 +18,7 @@ from typing import Any
 HYDRA_CALLBACKS = (
     "gradtrain.sweeps.summary.SweepSummary",
     "gradtrain.sweeps.figure_callback.TrajectoryFigureCallback",
+    "gradtrain.sweeps.names.SweepNames",
 )
 # The samplers hydra-optuna-sweeper's own configs name (hydra/sweeper/sampler=tpe, ...).
 OPTUNA_SAMPLERS = tuple(

@@ -63,6 +63,10 @@ class TrainState:
     last_logged_loss: float | None = None  # for trainer.tolerance
     val_metrics: dict[str, float] = field(default_factory=dict)  # the latest, with its "step"
     elapsed_s: float = 0.0  # training time of earlier sessions of this run
+    # The first update of each session pays one-time costs (torch.optim's first step imports
+    # torch._dynamo, about 1 s): their time and number, kept apart from the rate.
+    first_step_s: float = 0.0
+    first_steps: int = 0
     last_checkpoint_step: int | None = None
 
 
@@ -84,6 +88,8 @@ class FitResult:
     final_loss: float
     best_loss: float
     grad_norm: float
+    first_step_s: float = 0.0  # of `wall_s`: the first update of each session (one-time costs)
+    first_steps: int = 0  # how many such first updates (one per session)
     val_loss: float | None = None
     val_accuracy: float | None = None
     train_accuracy: float | None = None
@@ -177,7 +183,7 @@ class Trainer:
         self.guard = NonFiniteGuard(
             settings.on_nonfinite, self.named_parameters, settings.max_nonfinite_skips, device
         )
-        self._grad_norm_tags = {n: f"train/grad_norm/{n}" for n, _ in self.named_parameters}
+        self._grad_norm_tags = {n: f"watch/grad_norm/{n}" for n, _ in self.named_parameters}
         # Clipping, and the guard under `skip`, need the gradient norms of every update.
         self._norms_every_step = (
             settings.grad_clip is not None or self.guard.decides_before_each_update
@@ -188,6 +194,8 @@ class Trainer:
         self._diverged_at: int | None = None
         self._last_loss = torch.tensor(math.nan)  # of the last update, on the device
         self._last_grad_norm = torch.tensor(math.nan)  # the last one taken
+        self._session_started: float | None = None  # perf_counter() at fit()'s start, while fitting
+        self._first_update_pending = False  # the session's first update is yet to be timed
 
     # ---------------------------------------------------------------------------------- the step
     def train_step(self, batches: list[Any], log_now: bool) -> StepOutput | None:
@@ -284,7 +292,8 @@ class Trainer:
     def fit(self) -> FitResult:
         settings, state = self.settings, self.state
         state.correct = state.correct.to(self.device)
-        started = time.perf_counter()
+        started = self._session_started = time.perf_counter()
+        self._first_update_pending = True
         self.model.train()
         if self.trajectory is not None:
             self.trajectory.record(state.step, self.params)  # the start
@@ -320,6 +329,7 @@ class Trainer:
                 if self.checkpointer is None:
                     self._check(parameters=True)
         state.elapsed_s += time.perf_counter() - started
+        self._session_started = None
         return self._result()
 
     def _train_epoch(self, progress: ProgressBar) -> None:
@@ -332,9 +342,12 @@ class Trainer:
             else:
                 state.batch_in_epoch += len(batches)
             is_last = self._limit_reached(step, state.batch_in_epoch) is not None
-            log_now = is_last or step % settings.log_every_n_steps == 0
+            # Step 1 too: the starting loss is the first point a learner looks for on a curve.
+            log_now = is_last or step == 1 or step % settings.log_every_n_steps == 0
             # The lr this update uses (the scheduler moves it after), read only when logged.
             lr = float(self.optimizer.param_groups[0]["lr"]) if log_now else math.nan
+            first_update = self._first_update_pending
+            began = time.perf_counter() if first_update else 0.0
             try:
                 output = self.train_step(batches, log_now)
             except RuntimeError as error:
@@ -342,6 +355,10 @@ class Trainer:
                     raise
                 self._diverged(f"autograd anomaly at step {step}: {error}", at_step=step)
                 return
+            if first_update:
+                self._first_update_pending = False
+                state.first_step_s += time.perf_counter() - began
+                state.first_steps += 1
             if output is None:  # skipped: the step count stays where it was
                 if self._stop_reason is not None:
                     return
@@ -516,9 +533,9 @@ class Trainer:
         state = self.state
         scalars: dict[str, Tensor | float] = {
             "train/loss": output.loss,
-            "train/grad_norm": output.grad_norm if output.grad_norm is not None else math.nan,
+            "watch/grad_norm": output.grad_norm if output.grad_norm is not None else math.nan,
             **output.grad_norms,
-            "optim/lr": lr,
+            "watch/lr": lr,
         }
         self.sink.log_scalars(scalars, step=state.step)
         if self.trajectory is not None:
@@ -579,7 +596,11 @@ class Trainer:
                 "train_accuracy": state.train_accuracy,
                 "last_logged_loss": state.last_logged_loss,
                 "val_metrics": dict(state.val_metrics),
-                "elapsed_s": state.elapsed_s,
+                # This session's time so far too: a run killed after this checkpoint, or
+                # stopped by a signal (checkpointed before fit returns), resumes its clock here.
+                "elapsed_s": state.elapsed_s + self._session_elapsed_s(),
+                "first_step_s": state.first_step_s,
+                "first_steps": state.first_steps,
                 "last_loss": self._last_loss.detach().cpu(),
                 "grad_norm": self._last_grad_norm.detach().cpu(),
             },
@@ -601,6 +622,9 @@ class Trainer:
             last_logged_loss=running["last_logged_loss"],
             val_metrics=running["val_metrics"],
             elapsed_s=running["elapsed_s"],
+            # (Checkpoints of gradtrain 0.1 did not time first updates.)
+            first_step_s=running.get("first_step_s", 0.0),
+            first_steps=running.get("first_steps", 0),
             last_checkpoint_step=checkpoint["step"],
         )
         self.guard.best_loss = running["best_loss"].to(self.device)
@@ -609,6 +633,12 @@ class Trainer:
         self._last_loss = last_loss.to(self.device)
         self._last_grad_norm = running["grad_norm"].to(self.device)
         restore_rng_state(checkpoint["rng"])
+
+    def _session_elapsed_s(self) -> float:
+        """Seconds since this session's fit() began (0 outside fit)."""
+        if self._session_started is None:
+            return 0.0
+        return time.perf_counter() - self._session_started
 
     def _result(self) -> FitResult:
         assert self._stop_reason is not None
@@ -621,6 +651,8 @@ class Trainer:
             final_loss=self._last_loss.item(),
             best_loss=self.guard.best_loss.item(),
             grad_norm=self._last_grad_norm.item(),
+            first_step_s=state.first_step_s,
+            first_steps=state.first_steps,
             val_loss=state.val_metrics.get("loss"),
             val_accuracy=state.val_metrics.get("accuracy"),
             train_accuracy=state.train_accuracy,

@@ -13,7 +13,8 @@ import math
 import random
 import signal
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ from gradtrain.insight.explain import explain, explain_batch
 from gradtrain.insight.figures import TrajectoryFigures
 from gradtrain.insight.landscape import Landscape
 from gradtrain.loop import FitResult, Trainer
+from gradtrain.metrics.dashboard import select_hparams
 from gradtrain.metrics.history import TeeSink
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
@@ -89,7 +91,10 @@ class Observer:
 
 
 def run(
-    raw_config: Mapping[str, Any], run_dir: Path, observer: Observer | None = None
+    raw_config: Mapping[str, Any],
+    run_dir: Path,
+    observer: Observer | None = None,
+    hparam_keys: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Train as `raw_config` says, writing logs, checkpoints and `summary.json` into `run_dir`.
 
@@ -101,11 +106,14 @@ def run(
     started there meanwhile is refused. Under torchrun every process calls this; they join
     one process group for the run, and only rank 0 claims and writes (into its `run_dir`,
     which becomes every rank's).
+
+    `hparam_keys`: the keys (or groups) logged to TensorBoard's HParams tab, e.g. a sweep job's
+    swept keys (`sweeps.names.swept_keys`); None: every key.
     """
     cfg = validate_config(raw_config)
     device = resolve_device(cfg.trainer.device)
     with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
-        return _run(cfg, raw_config, run_dir, claim, observer)
+        return _run(cfg, raw_config, run_dir, claim, observer, hparam_keys)
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,7 @@ def _run(
     run_dir: Path,
     claim: contextlib.ExitStack,
     observer: Observer | None = None,
+    hparam_keys: Collection[str] | None = None,
 ) -> dict[str, Any]:
     main = is_main_process()
     start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
@@ -224,7 +233,9 @@ def _run(
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
         if figures is not None:
-            figures.finish(result.steps, run_dir)
+            began = time.perf_counter()
+            figures.finish(result.steps, run_dir)  # (matplotlib: about a second, once)
+            summary["one_time_s"]["figures"] = round(time.perf_counter() - began, 6)
         summary.update(theory_summary(cfg, trainer.loss_fn, trainer.module, distances))
         # (Not for a stopped run: resumed, it evaluates the landscape at its real end.)
         if landscape is not None and result.stop_reason not in ("diverged", "interrupted"):
@@ -233,10 +244,11 @@ def _run(
             )
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
-            # now too, its summary/* curves would show a point at the stop as well.)
+            # now too, train/loss_best would show a point at the stop as well.)
+            # (HParams shows the last value of every scalar: train/loss's is the final loss.)
             sink.log_hparams(
-                flatten_hparams(raw_config),
-                {"summary/final_loss": result.final_loss, "summary/best_loss": result.best_loss},
+                select_hparams(flatten_hparams(raw_config), hparam_keys),
+                {"train/loss_best": result.best_loss},
                 step=result.steps,
             )
     finally:
@@ -605,7 +617,10 @@ def _summary(
         "steps": result.steps,
         "epochs": result.epochs,
         "wall_s": round(result.wall_s, 6),
-        "steps_per_s": round(result.steps / result.wall_s, 3) if result.wall_s > 0 else None,
+        "steps_per_s": _steps_per_s(result),
+        # Time that does not grow with the steps, kept out of steps_per_s: each session's first
+        # update (torch.optim's first step imports torch._dynamo) and the figures at the end.
+        "one_time_s": {"first_step": round(result.first_step_s, 6)},
         "grad_norm": result.grad_norm,
     }
     for key in ("val_loss", "val_accuracy", "train_accuracy"):
@@ -626,6 +641,14 @@ def _summary(
     return _json_safe(summary)
 
 
+def _steps_per_s(result: FitResult) -> float | None:
+    """The rate of the updates after each session's first (whose one-time costs would make a
+    short run look slow), or None when there are none."""
+    steps = result.steps - result.first_steps
+    seconds = result.wall_s - result.first_step_s
+    return round(steps / seconds, 3) if steps > 0 and seconds > 0 else None
+
+
 def _json_safe(value: Any) -> Any:
     """NaN and infinity become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -642,9 +665,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         value = summary.get(key)
         return "non-finite" if value is None else format(value, spec)
 
+    rate = summary.get("steps_per_s")
+    rate_text = f" ({rate:.0f} steps/s)" if rate is not None else ""
     lines = [
         f"{summary['status'].capitalize()} after {summary['wall_s']:.2f} s: "
-        f"{summary['steps']} steps ({number('steps_per_s', '.0f')} steps/s), "
+        f"{summary['steps']} steps{rate_text}, "
         f"{summary['epochs']} epochs, stopped at {summary['stop_reason']}.",
         f"  final loss  {number('final_loss', '.8g')}",
         f"  best loss   {number('best_loss', '.8g')}",
@@ -666,6 +691,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         theory = convergence["theoretical_rate"]
         expected = f"{theory:.6g}" if theory is not None else "no closed form"
         lines.append(f"  rate        {convergence['measured_rate']:.6g} (theory: {expected})")
+    one_time = summary.get("one_time_s") or {}
+    if one_time:
+        parts = ", ".join(
+            f"{key.replace('_', ' ')} {value:.2f} s" for key, value in one_time.items()
+        )
+        lines.append(f"  one-time    {parts}")
     if "tensorboard_dir" in summary:
         lines.append(f"  logs        {summary['tensorboard_dir']}")
     lines.append(f"  summary     {Path(summary['run_dir']) / SUMMARY_FILE}")

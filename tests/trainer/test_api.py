@@ -84,7 +84,7 @@ def test_compose_raises_config_errors_with_the_command_line_messages() -> None:
     with pytest.raises(ConfigError, match="optimizer/nope"):
         compose(["optimizer=nope"])  # Hydra's own refusal, its message kept
     with pytest.raises(
-        ConfigError, match="trainer.max_step: unknown key; did you mean trainer.max_steps"
+        ConfigError, match=r"trainer\.max_step: unknown key; did you mean trainer\.max_steps"
     ):
         compose(["trainer.max_step=3"])
     with pytest.raises(ConfigError, match=r"hydra\.run\.dir=elsewhere: .*run_dir"):

@@ -159,20 +159,28 @@ def test_a_non_finite_gradient_at_a_logging_step_is_named_by_parameter() -> None
     assert "non-finite gradient of parameter 'x' at step 1;" in (result.message or "")
 
 
+def past_step_one(trainer: Trainer) -> Trainer:
+    """The trainer as a run resumed after step 1 (always a logging step): its first update,
+    step 2, is not a logging step."""
+    trainer.state.step = 1
+    return trainer
+
+
 def test_a_non_finite_gradient_between_logging_steps_shows_in_the_next_loss() -> None:
-    # Step 1's gradient is infinite, so its update makes x infinite and step 2's loss too.
-    result = sqrt_trainer(log_every_n_steps=10).fit()
+    # Step 2's gradient is infinite, so its update makes x infinite and step 3's loss too.
+    result = past_step_one(sqrt_trainer(log_every_n_steps=10)).fit()
     assert result.stop_reason == "diverged"
-    assert "non-finite loss at step 2;" in (result.message or "")
+    assert "non-finite loss at step 3;" in (result.message or "")
 
 
 def test_weights_made_non_finite_are_never_checkpointed() -> None:
-    # Step 1's unchecked gradient (not a logging step) makes x infinite; the checkpoint due
+    # Step 2's unchecked gradient (not a logging step) makes x infinite; the checkpoint due
     # right after that update looks at the weights themselves and saves nothing.
     saved = SavedSteps()
-    result = sqrt_trainer(saved, log_every_n_steps=10, checkpoint_every_n_steps=1).fit()
+    trainer = sqrt_trainer(saved, log_every_n_steps=10, checkpoint_every_n_steps=1)
+    result = past_step_one(trainer).fit()
     assert result.stop_reason == "diverged" and saved.steps == []
-    assert "non-finite parameter 'x' after step 1; no checkpoint" in (result.message or "")
+    assert "non-finite parameter 'x' after step 2; no checkpoint" in (result.message or "")
 
 
 def test_skip_drops_bad_updates_and_gives_up_after_the_limit(composed: Compose) -> None:

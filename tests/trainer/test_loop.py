@@ -73,21 +73,23 @@ def test_linear_regression_lowers_the_loss_a_hundredfold(composed: Compose, tmp_
     assert result.steps == 20 * len(trainer.train_loader)
 
 
-def test_logs_every_n_steps_and_always_the_last(tmp_path: Path) -> None:
+def test_logs_the_first_step_every_n_steps_and_always_the_last(tmp_path: Path) -> None:
     sink = RecordingSink()
     quadratic_trainer(sink, max_steps=25, log_every_n_steps=10).fit()
-    assert [step for step, _ in sink.scalars["train/loss"]] == [10, 20, 25]
-    assert set(sink.scalars) == {"train/loss", "train/grad_norm", "train/grad_norm/x", "optim/lr"}
+    # Step 1 always: the starting loss is where a curve must begin.
+    assert [step for step, _ in sink.scalars["train/loss"]] == [1, 10, 20, 25]
+    assert sink.scalars["train/loss"][0][1] == pytest.approx(55.0 - 25.0)
+    assert set(sink.scalars) == {"train/loss", "watch/grad_norm", "watch/grad_norm/x", "watch/lr"}
 
 
 def test_logged_grad_norm_is_the_norm_of_two_x_before_the_update() -> None:
     sink = RecordingSink()
     quadratic_trainer(sink, max_steps=1, log_every_n_steps=1).fit()
     expected = torch.linalg.vector_norm(2 * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])).item()
-    assert sink.scalars["train/grad_norm"] == [(1, pytest.approx(expected))]
-    assert sink.scalars["train/grad_norm/x"] == [(1, pytest.approx(expected))]
+    assert sink.scalars["watch/grad_norm"] == [(1, pytest.approx(expected))]
+    assert sink.scalars["watch/grad_norm/x"] == [(1, pytest.approx(expected))]
     assert sink.scalars["train/loss"] == [(1, pytest.approx(55.0 - 25.0))]
-    assert sink.scalars["optim/lr"] == [(1, pytest.approx(0.1))]
+    assert sink.scalars["watch/lr"] == [(1, pytest.approx(0.1))]
 
 
 def test_tolerance_stops_once_the_loss_settles() -> None:
@@ -107,7 +109,7 @@ def test_grad_clip_bounds_each_update() -> None:
     step = trainer.model.x.detach() - start
     assert torch.linalg.vector_norm(step).item() == pytest.approx(0.1)  # lr * max_norm
     # The logged norm is the one before clipping.
-    assert sink.scalars["train/grad_norm"][0][1] > 1.0
+    assert sink.scalars["watch/grad_norm"][0][1] > 1.0
 
 
 def test_max_epochs_counts_passes_over_the_data(composed: Compose, tmp_path: Path) -> None:

@@ -214,5 +214,5 @@ def test_schedulers_set_the_logged_lr_each_step(
 ) -> None:
     sink = RecordingSink()
     fit(composed("trainer.max_steps=6", "trainer.log_every_n_steps=1", *scheduler), sink)
-    lrs = [lr for _, lr in sink.scalars["optim/lr"]]
+    lrs = [lr for _, lr in sink.scalars["watch/lr"]]
     assert lrs == pytest.approx(expected, abs=1e-4)

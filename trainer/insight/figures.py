@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gradtrain")
 
-FIGURE_TAG = "figures/trajectory"
+FIGURE_TAG = "watch/trajectory"
 MATPLOTLIB_MISSING = (
     "figures skipped: matplotlib is not installed (pip install matplotlib, or set "
     "logger.figures=false to stop this message)"
@@ -157,11 +157,29 @@ def comparison_png(
     legend: bool = True,
 ) -> bytes:
     """Several labelled paths (label, steps, points of shape (n, d)) on one figure."""
+    figure = comparison_figure(paths, landscape, minimizer, title, legend)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def comparison_figure(
+    paths: Sequence[tuple[str, Sequence[int], Tensor]],
+    landscape: Landscape | None,
+    minimizer: Sequence[float] | None,
+    title: str,
+    legend: bool = True,
+) -> Any:
+    """The matplotlib Figure of `comparison_png`.
+
+    The frame fits the paths that stayed in scale (and the minimum); a diverged path (one that
+    reached non-finite values, or went `DIVERGED_FACTOR` times beyond the problem's scale) is
+    drawn up to where it leaves the frame and marked there, so that a path at 1e21 does not
+    squash the others into a dot."""
     from matplotlib.figure import Figure
 
-    if any(not torch.isfinite(points).all() for _, _, points in paths):
-        title += " (diverged: points beyond floating point not drawn)"
-        paths = _finite_part(paths)
+    diverged = diverged_paths(paths, minimizer)
+    paths = _finite_part(paths)
     dims = {points.shape[1] for _, _, points in paths}
     if len(dims) != 1:
         raise ValueError(f"paths of different dimensions cannot share a figure: {sorted(dims)}")
@@ -170,17 +188,37 @@ def comparison_png(
     ax = figure.add_subplot()
     on_landscape = landscape is not None and dim <= 2
     if landscape is not None and dim == 2:
-        _contour_with_paths(figure, ax, paths, landscape, minimizer)
+        _contour_with_paths(figure, ax, paths, landscape, minimizer, diverged)
     elif landscape is not None and dim == 1:
-        _curve_with_paths(ax, paths, landscape, minimizer)
+        _curve_with_paths(ax, paths, landscape, minimizer, diverged)
     else:
-        _projected_paths(ax, paths)
+        _projected_paths(ax, paths, diverged)
+    if any(diverged):
+        title += " (x: where a diverged path leaves the frame)"
     ax.set_title(title, fontsize=10)
     if on_landscape or (legend and len(paths) > 1):
         ax.legend(fontsize=8, loc="best")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure
+
+
+# A path is diverged once a coordinate is this many times the problem's scale (see below).
+DIVERGED_FACTOR = 100.0
+
+
+def diverged_paths(
+    paths: Sequence[tuple[str, Sequence[int], Tensor]], minimizer: Sequence[float] | None
+) -> list[bool]:
+    """Which paths diverged: those that reached non-finite values, and those that went beyond
+    `DIVERGED_FACTOR` times the scale of the problem (the largest of 1, the starting points,
+    the minimum, and the smallest of the paths' extents)."""
+    finite = [points[torch.isfinite(points).all(dim=1)] for _, _, points in paths]
+    extents = [points.abs().max().item() if len(points) else 0.0 for points in finite]
+    starts = [points[0].abs().max().item() for points in finite if len(points)]
+    scale = max([1.0, *starts, *(abs(v) for v in minimizer or []), min(extents, default=0.0)])
+    return [
+        not torch.isfinite(points).all().item() or extent > DIVERGED_FACTOR * scale
+        for (_, _, points), extent in zip(paths, extents, strict=True)
+    ]
 
 
 def _finite_part(
@@ -201,10 +239,11 @@ def _contour_with_paths(
     paths: Sequence[tuple[str, Sequence[int], Tensor]],
     landscape: Landscape,
     minimizer: Sequence[float] | None,
+    diverged: Sequence[bool],
 ) -> None:
     from matplotlib.colors import BoundaryNorm
 
-    (x_low, x_high), (y_low, y_high) = _bounds(paths, minimizer)
+    (x_low, x_high), (y_low, y_high) = _bounds(_in_scale(paths, diverged), minimizer)
     xs = torch.linspace(x_low, x_high, 161, dtype=torch.float64)
     ys = torch.linspace(y_low, y_high, 161, dtype=torch.float64)
     grid_x, grid_y = torch.meshgrid(xs, ys, indexing="xy")  # (161, 161): rows follow y
@@ -222,10 +261,14 @@ def _contour_with_paths(
     gx, gy, gv = grid_x.numpy(), grid_y.numpy(), values.numpy()
     filled = ax.contourf(gx, gy, gv, levels=levels.numpy(), cmap="viridis", norm=norm)
     figure.colorbar(filled, ax=ax, label="loss", format="%.3g")
-    for index, (label, _, points) in enumerate(paths):
-        _draw_path(ax, points[:, 0], points[:, 1], label, index, len(paths))
+    frame = (x_low, x_high, y_low, y_high)
+    for index, (label, steps, points) in enumerate(paths):
+        leaves = frame if diverged[index] else None
+        _draw_path(ax, points[:, 0], points[:, 1], label, index, len(paths), steps, leaves)
     if minimizer is not None:
         _mark_minimum(ax, minimizer[0], minimizer[1])
+    ax.set_xlim(x_low, x_high)
+    ax.set_ylim(y_low, y_high)
     ax.set_xlabel("x[0]")
     ax.set_ylabel("x[1]")
 
@@ -235,12 +278,17 @@ def _curve_with_paths(
     paths: Sequence[tuple[str, Sequence[int], Tensor]],
     landscape: Landscape,
     minimizer: Sequence[float] | None,
+    diverged: Sequence[bool],
 ) -> None:
-    ((low, high),) = _bounds(paths, minimizer)
+    ((low, high),) = _bounds(_in_scale(paths, diverged), minimizer)
     xs = torch.linspace(low, high, 400, dtype=torch.float64)
-    ax.plot(xs.numpy(), landscape(xs[:, None]).numpy(), color="0.4", linewidth=1.2, label="loss")
-    for index, (label, _, points) in enumerate(paths):
-        _draw_path(ax, points[:, 0], landscape(points), label, index, len(paths))
+    curve = landscape(xs[:, None])
+    ax.plot(xs.numpy(), curve.numpy(), color="0.4", linewidth=1.2, label="loss")
+    frame = (low, high, curve.min().item(), curve.max().item())
+    for index, (label, steps, points) in enumerate(paths):
+        leaves = frame if diverged[index] else None
+        y = landscape(points)
+        _draw_path(ax, points[:, 0], y, label, index, len(paths), steps, leaves)
     if minimizer is not None:
         x_min = torch.tensor([minimizer[:1]], dtype=torch.float64)
         _mark_minimum(ax, float(x_min[0, 0]), float(landscape(x_min)[0]))
@@ -261,10 +309,13 @@ def _mark_minimum(ax: Axes, x: float, y: float) -> None:
     )
 
 
-def principal_projection(paths: Sequence[Tensor]) -> tuple[list[Tensor], list[float]]:
+def principal_projection(
+    paths: Sequence[Tensor], fit_on: Sequence[Tensor] | None = None
+) -> tuple[list[Tensor], list[float]]:
     """Each path (n_i, d) projected on the two leading principal directions of all their points
-    together, as (n_i, 2) coordinates, and the share of the variance along each direction."""
-    everything = torch.cat(list(paths))
+    together (or of the points of `fit_on`), as (n_i, 2) coordinates, and the share of the
+    variance along each direction."""
+    everything = torch.cat(list(fit_on if fit_on is not None else paths))
     center = everything.mean(dim=0)
     _, singular, directions = torch.linalg.svd(everything - center, full_matrices=False)
     variance = singular**2 / (singular**2).sum().clamp(min=1e-300)
@@ -276,10 +327,20 @@ def principal_projection(paths: Sequence[Tensor]) -> tuple[list[Tensor], list[fl
     return projected, shares + [0.0] * (2 - len(shares))
 
 
-def _projected_paths(ax: Axes, paths: Sequence[tuple[str, Sequence[int], Tensor]]) -> None:
-    projected, shares = principal_projection([points for _, _, points in paths])
-    for index, ((label, _, _), coords) in enumerate(zip(paths, projected, strict=True)):
-        _draw_path(ax, coords[:, 0], coords[:, 1], label, index, len(paths))
+def _projected_paths(
+    ax: Axes, paths: Sequence[tuple[str, Sequence[int], Tensor]], diverged: Sequence[bool]
+) -> None:
+    # The directions of the paths that stayed in scale: a diverged one would be all there is.
+    in_scale = [points for _, _, points in _in_scale(paths, diverged)]
+    projected, shares = principal_projection([points for _, _, points in paths], in_scale)
+    kept = [
+        (label, steps, coords) for (label, steps, _), coords in zip(paths, projected, strict=True)
+    ]
+    (x_low, x_high), (y_low, y_high) = _bounds(_in_scale(kept, diverged), None)
+    frame = (x_low, x_high, y_low, y_high)
+    for index, (label, steps, coords) in enumerate(kept):
+        leaves = frame if diverged[index] else None
+        _draw_path(ax, coords[:, 0], coords[:, 1], label, index, len(paths), steps, leaves)
     ax.set_xlabel(f"first principal direction ({100 * shares[0]:.1f}% of the path's variance)")
     ax.set_ylabel(f"second principal direction ({100 * shares[1]:.1f}%)")
     dim = paths[0][2].shape[1]
@@ -292,8 +353,24 @@ def _projected_paths(ax: Axes, paths: Sequence[tuple[str, Sequence[int], Tensor]
 PATH_COLORS = ("#ff7f0e", "#d62728", "#e377c2", "#ffffff", "#17becf", "#000000", "#8c564b")
 
 
-def _draw_path(ax: Axes, x: Tensor, y: Tensor, label: str, index: int, count: int) -> None:
-    """Path `index` of `count`: a line through its points, a dot at its start, an X at its end."""
+def _draw_path(
+    ax: Axes,
+    x: Tensor,
+    y: Tensor,
+    label: str,
+    index: int,
+    count: int,
+    steps: Sequence[int] = (),
+    leaves: tuple[float, float, float, float] | None = None,
+) -> None:
+    """Path `index` of `count`: a line through its points, a dot at its start, an X at its end.
+
+    A diverged path comes with the frame it `leaves` (x_low, x_high, y_low, y_high): it is drawn
+    up to the frame's edge, where its X is, with the step it left at in its label."""
+    if leaves is not None:
+        x, y, left_at = _up_to_frame(x, y, leaves)
+        step = steps[left_at] if left_at is not None and left_at < len(steps) else None
+        label += " (diverged" + (f": left the frame at step {step})" if step is not None else ")")
     xs, ys = x.numpy(), y.numpy()
     color = PATH_COLORS[index % len(PATH_COLORS)]
     # Earlier paths are drawn wider, so that a later one on the same track leaves them visible.
@@ -317,6 +394,42 @@ def _draw_path(ax: Axes, x: Tensor, y: Tensor, label: str, index: int, count: in
         markeredgecolor="black",
         linestyle="none",
     )
+
+
+def _up_to_frame(
+    x: Tensor, y: Tensor, frame: tuple[float, float, float, float]
+) -> tuple[Tensor, Tensor, int | None]:
+    """The path (x, y) up to the point where it crosses the edge of `frame`, that point last,
+    and the index of its first point outside (None: it stays inside)."""
+    x_low, x_high, y_low, y_high = frame
+    outside = (x < x_low) | (x > x_high) | (y < y_low) | (y > y_high)
+    if not outside.any() or outside[0]:
+        return x, y, None
+    first = int(outside.nonzero()[0].item())
+    (x0, y0), (x1, y1) = (
+        (x[first - 1].item(), y[first - 1].item()),
+        (x[first].item(), y[first].item()),
+    )
+    # The largest fraction t of the segment from inside to outside that stays within the frame.
+    t = 1.0
+    for start, end, low, high in ((x0, x1, x_low, x_high), (y0, y1, y_low, y_high)):
+        if end > high:
+            t = min(t, (high - start) / (end - start))
+        elif end < low:
+            t = min(t, (low - start) / (end - start))
+    edge_x = torch.tensor([x0 + t * (x1 - x0)], dtype=x.dtype)
+    edge_y = torch.tensor([y0 + t * (y1 - y0)], dtype=y.dtype)
+    return torch.cat([x[:first], edge_x]), torch.cat([y[:first], edge_y]), first
+
+
+def _in_scale(
+    paths: Sequence[tuple[str, Sequence[int], Tensor]], diverged: Sequence[bool]
+) -> list[tuple[str, Sequence[int], Tensor]]:
+    """The paths that set the frame: the whole of those in scale, the start of the others."""
+    return [
+        (label, steps[:1], points[:1]) if gone else (label, steps, points)
+        for (label, steps, points), gone in zip(paths, diverged, strict=True)
+    ]
 
 
 def _bounds(

@@ -8,13 +8,15 @@ the runs side by side and a run shows the same on its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     from gradtrain.metrics.sinks import HParamValue
+
+Value = TypeVar("Value")
 
 # Custom Scalars: category -> chart title -> ("Multiline", regexes of the tags it overlays).
 # TensorBoard merges the identical layouts of all runs into one, and draws every run's matching
@@ -25,12 +27,12 @@ CHART_LAYOUT: dict[str, dict[str, list[str | list[str]]]] = {
         "train vs val": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
     },
     "gradients": {
-        "global grad norm (before clipping)": ["Multiline", [r"^train/grad_norm$"]],
-        "grad norm per parameter": ["Multiline", [r"^train/grad_norm/"]],
+        "global grad norm (before clipping)": ["Multiline", [r"^watch/grad_norm$"]],
+        "grad norm per parameter": ["Multiline", [r"^watch/grad_norm/"]],
     },
     "optimizer": {
-        "learning rate": ["Multiline", [r"^optim/lr$"]],
-        "update-to-weight ratio per parameter": ["Multiline", [r"^optim/update_ratio/"]],
+        "learning rate": ["Multiline", [r"^watch/lr$"]],
+        "update-to-weight ratio per parameter": ["Multiline", [r"^watch/update_ratio/"]],
     },
 }
 
@@ -69,3 +71,17 @@ def hparams_summaries(hparams: Mapping[str, HParamValue]) -> list[Summary]:
         Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
         for tag, data in records.items()
     ]
+
+
+def select_hparams(hparams: Mapping[str, Value], keys: Iterable[str] | None) -> dict[str, Value]:
+    """The flattened `hparams` under `keys` (a group `optimizer` covers `optimizer.name`,
+    `optimizer.lr`, ...), or all of them when `keys` is None or selects none."""
+    if keys is None:
+        return dict(hparams)
+    prefixes = [key.lstrip("+~") for key in keys]
+    chosen = {
+        name: value
+        for name, value in hparams.items()
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+    }
+    return chosen or dict(hparams)

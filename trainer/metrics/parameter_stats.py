@@ -73,11 +73,11 @@ class ParameterStats:
             # of a zero weight is an infinite ratio.
             ratios = torch.where(update_norms == 0, 0.0, update_norms / weight_norms)
             values = ratios.tolist()  # one transfer for all parameters
-        scalars = {f"optim/update_ratio/{n}": r for n, r in zip(names, values, strict=True)}
+        scalars = {f"watch/update_ratio/{n}": r for n, r in zip(names, values, strict=True)}
         self.sink.log_scalars(scalars, step=self._step)
 
     def _log_histograms(self) -> None:
         for name, param in self.named_parameters:
-            self.sink.log_histogram(f"params/{name}", param.detach(), self._step)
+            self.sink.log_histogram(f"watch/params/{name}", param.detach(), self._step)
             if param.grad is not None:
-                self.sink.log_histogram(f"grads/{name}", param.grad, self._step)
+                self.sink.log_histogram(f"watch/grads/{name}", param.grad, self._step)

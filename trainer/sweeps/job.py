@@ -10,7 +10,7 @@ the sweep exit non-zero.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,11 @@ from gradtrain.sweeps.monitor import monitored_value
 log = logging.getLogger("gradtrain")
 
 
-def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
+def run_sweep_job(
+    raw_config: Mapping[str, Any], run_dir: Path, hparam_keys: Collection[str] | None = None
+) -> float | None:
     """Run one job; return its monitored metric, or None when it failed or diverged.
+    `hparam_keys`: the keys it was swept over, which alone go to the HParams tab.
 
     None, not NaN: Optuna's sweeper records a value that is not a number as a failed trial and
     carries on, whereas a NaN makes hydra-optuna-sweeper 1.2/1.3 crash the whole search (its
@@ -31,7 +34,7 @@ def run_sweep_job(raw_config: Mapping[str, Any], run_dir: Path) -> float | None:
     from gradtrain.run import SUMMARY_FILE, run
 
     try:
-        summary = run(raw_config, run_dir)
+        summary = run(raw_config, run_dir, hparam_keys=hparam_keys)
     except Exception as exc:
         if isinstance(exc, GradtrainError):
             reason = str(exc)

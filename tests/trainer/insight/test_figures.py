@@ -65,7 +65,7 @@ def test_rosenbrock_run_logs_its_path_every_n_steps_and_at_the_end(quick_run: Qu
     for _, png in images:
         assert decode(png) == png_size(png) == (640, 480)
     _, steps, points = load_trajectory(result.run_dir / "trajectory.json")
-    assert steps == [0, 10, 20, 30, 40, 45]  # the start, then the logging steps
+    assert steps == [0, 1, 10, 20, 30, 40, 45]  # the start, then the logging steps
     assert points[0].tolist() == [-1.5, 2.0]
     assert points[-1].tolist() == pytest.approx(
         json.loads((result.run_dir / "summary.json").read_text())["params"]
@@ -154,6 +154,36 @@ def test_diverged_paths_are_drawn_up_to_their_last_finite_point() -> None:
         [0, 10, 20], points.double(), loss_landscape(RosenbrockLoss()), [1.0, 1.0], "t"
     )
     assert decode(png) == (640, 480)
+
+
+def _paths_with_one_gone(dim: int) -> list[tuple[str, list[int], torch.Tensor]]:
+    """Two paths that stay near the start and one that leaves for 1e21 and then for NaN."""
+    start = torch.linspace(-1.5, 2.0, dim, dtype=torch.float64)
+    calm = torch.stack([start, start * 0.5, start * 0.1 + 0.9])
+    gone = torch.stack([start, start * 3, start * 1e21, torch.full((dim,), float("nan"))])
+    return [
+        ("lr=0.001", [0, 10, 20], calm),
+        ("lr=0.01", [0, 10, 20], calm * 0.9),
+        ("lr=1.5", [0, 10, 20, 30], gone.double()),
+    ]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])  # on the loss curve, on contours, projected
+def test_a_diverged_path_leaves_the_frame_marked_and_does_not_set_its_scale(dim: int) -> None:
+    from gradtrain.insight.figures import comparison_figure, diverged_paths
+
+    paths = _paths_with_one_gone(dim)
+    landscape = loss_landscape(RosenbrockLoss()) if dim == 2 else None
+    if dim == 1:
+        landscape = loss_landscape(QuadraticLoss())
+    assert diverged_paths(paths, None) == [False, False, True]
+    ax = comparison_figure(paths, landscape, None, "t").axes[0]
+    x_low, x_high = ax.get_xlim()
+    assert x_low > -10 and x_high < 10  # the frame of the calm paths, not 1e21
+    labels = ax.get_legend_handles_labels()[1]
+    # Its point at step 10, 3 times its start, is already beyond the calm paths' frame.
+    assert "lr=1.5 (diverged: left the frame at step 10)" in labels
+    assert "lr=0.001" in labels and "where a diverged path leaves the frame" in ax.get_title()
 
 
 def test_tensorboard_sink_stores_the_png_as_it_is(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ def test_events_read_back_in_order_and_two_writers_get_two_files(tmp_path: Path)
 @pytest.mark.parametrize(
     ("step", "wall_time", "scalars"),
     [
-        (300, 1.5e9, [("train/loss", 0.25), ("optim/lr", 1e-3)]),
+        (300, 1.5e9, [("train/loss", 0.25), ("watch/lr", 1e-3)]),
         (0, 0.0, [("train/loss", 0.0)]),  # zeros, which protobuf itself would leave out
         (-1, 2.0, [("t" * 200, -1e40), ("nan", math.nan)]),  # long tag, float32 overflow
     ],

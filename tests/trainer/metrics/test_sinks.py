@@ -34,13 +34,13 @@ def quadratic_run(composed: Callable[..., dict[str, Any]], tmp_path: Path) -> Pa
 
 def test_scalars_hold_loss_grad_norms_and_lr_at_the_logged_steps(quadratic_run: Path) -> None:
     scalars = read_scalars(quadratic_run)
-    for tag in ("train/loss", "train/grad_norm", "train/grad_norm/x", "optim/lr"):
-        assert [step for step, _ in scalars[tag]] == [10, 20, 30], tag
+    for tag in ("train/loss", "watch/grad_norm", "watch/grad_norm/x", "watch/lr"):
+        assert [step for step, _ in scalars[tag]] == [1, 10, 20, 30], tag
     losses = [value for _, value in scalars["train/loss"]]
     assert losses == sorted(losses, reverse=True)  # gradient descent on a convex bowl
-    assert scalars["optim/lr"][0][1] == pytest.approx(0.1)
+    assert scalars["watch/lr"][0][1] == pytest.approx(0.1)
     # One parameter: its gradient norm is the global norm.
-    assert scalars["train/grad_norm/x"] == scalars["train/grad_norm"]
+    assert scalars["watch/grad_norm/x"] == scalars["watch/grad_norm"]
 
 
 def test_event_file_is_the_runs_own_and_holds_config_and_hparams(quadratic_run: Path) -> None:
@@ -63,7 +63,7 @@ def test_event_file_is_the_runs_own_and_holds_config_and_hparams(quadratic_run: 
     assert "_hparams_/experiment" not in content
     assert "_hparams_/session_end_info" in content
     scalars = read_scalars(quadratic_run)
-    assert scalars["summary/final_loss"][0][0] == 30
+    assert scalars["train/loss_best"][0][0] == 30
 
 
 def test_linear_model_logs_one_grad_norm_per_parameter(
@@ -71,7 +71,7 @@ def test_linear_model_logs_one_grad_norm_per_parameter(
 ) -> None:
     run(composed("experiment=linear_regression", "trainer.max_steps=3"), tmp_path)
     tags = set(read_scalars(tmp_path / "tensorboard"))
-    assert {"train/grad_norm/weight", "train/grad_norm/bias", "train/grad_norm"} <= tags
+    assert {"watch/grad_norm/weight", "watch/grad_norm/bias", "watch/grad_norm"} <= tags
 
 
 def test_flatten_hparams_makes_flat_tensorboard_values() -> None:
@@ -92,7 +92,7 @@ def test_custom_scalars_layout_groups_loss_gradients_and_optimizer(quadratic_run
     }
     assert charts[("loss", "train vs val")] == [r"^train/loss$", r"^val/loss$"]
     assert ("gradients", "grad norm per parameter") in charts
-    assert charts[("optimizer", "learning rate")] == [r"^optim/lr$"]
+    assert charts[("optimizer", "learning rate")] == [r"^watch/lr$"]
 
 
 class Tee:
@@ -117,7 +117,7 @@ def test_logging_every_step_writes_every_value_at_its_true_step(
     build_trainer(validate_config(raw), Tee(recorded, tensorboard)).fit()
     tensorboard.close()
     written = read_scalars(tmp_path)
-    for tag in ("train/loss", "train/grad_norm", "optim/lr"):
+    for tag in ("train/loss", "watch/grad_norm", "watch/lr"):
         assert [step for step, _ in written[tag]] == list(range(1, 1001)), tag
         assert [value for _, value in written[tag]] == pytest.approx(
             [value for _, value in recorded.scalars[tag]], rel=1e-6
