@@ -128,7 +128,7 @@ def test_history_holds_every_scalar_of_the_event_file_without_reading_it(tmp_pat
     )
     written = read_scalars(tmp_path / "tensorboard")
     assert set(result.history) == set(written)
-    assert {"train/loss", "train/grad_norm", "optim/lr", "val/loss", "val/accuracy"} <= set(
+    assert {"train/loss", "watch/grad_norm", "watch/lr", "val/loss", "val/accuracy"} <= set(
         result.history
     )
     for tag, points in written.items():
@@ -180,7 +180,7 @@ def test_fit_trains_a_users_module_on_tensors(
     assert result.summary["status"] == "completed" and result.summary["steps"] == 150
     assert result.summary["epochs"] == 75  # 128 rows in batches of 64
     losses = [value for _, value in result.history["train/loss"]]
-    assert [step for step, _ in result.history["train/loss"]] == list(range(10, 151, 10))
+    assert [step for step, _ in result.history["train/loss"]] == [1, *range(10, 151, 10)]
     assert losses[-1] < 1e-6 < losses[0]
     assert result.final_loss == pytest.approx(losses[-1])
     assert result.run_dir is None and list(tmp_path.iterdir()) == []  # nothing written
@@ -223,10 +223,11 @@ def test_fit_minimizes_a_loss_of_the_parameters_alone_as_the_lecture(tmp_path: P
     assert result.summary["params"] == pytest.approx([0.0] * 5, abs=1e-6)
     assert torch.equal(x, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))  # the start is the user's
     # The default optimizer is the lecture's update, x -= 0.1 * 2x: x shrinks by 0.8 a step.
-    # (Step 10 logs the loss its update started from: after 9 updates.)
+    # (Step 1 logs the starting loss; step 10 the loss its update started from: after 9.)
     start = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert result.history["train/loss"][0] == (1, pytest.approx(((start**2) - 5).sum().item()))
     expected = ((start * 0.8**9) ** 2 - 5).sum().item()
-    assert result.history["train/loss"][0] == (10, pytest.approx(expected))
+    assert result.history["train/loss"][1] == (10, pytest.approx(expected))
 
 
 def test_explain_and_the_trajectory_figure_of_a_users_loss(tmp_path: Path) -> None:
