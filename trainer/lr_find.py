@@ -28,8 +28,9 @@ from gradtrain.config import LRFindConfig
 from gradtrain.distributed import all_reduce_mean, is_distributed, unwrap
 from gradtrain.step import backward, forward, summed
 
-SMOOTHING = 0.98  # the exponential moving average's weight of the past (as fastai's)
-SKIP_START = 3  # the first smoothed values still lean on few steps: no suggestion among them
+SMOOTHING = 0.9  # the exponential moving average's weight of the past
+SKIP_START = 10  # the first smoothed values still lean on few steps: no suggestion among them
+SLOPE_SPAN = 2  # the slope at a step: over this many steps either side (one step is noisy)
 
 
 @dataclass
@@ -114,10 +115,12 @@ def suggest(lrs: list[float], losses: list[float]) -> float | None:
     """The lr of the steepest fall of the smoothed loss against log(lr), before its minimum;
     None when there is no fall to read (too few steps, or a loss that only rises)."""
     lowest = min(range(len(losses)), key=losses.__getitem__, default=0)
-    if lowest <= SKIP_START:
+    if lowest <= SKIP_START + SLOPE_SPAN:
         return None
+    span = SLOPE_SPAN
     slopes = [
-        (losses[i + 1] - losses[i - 1]) / math.log(lrs[i + 1] / lrs[i - 1])
+        (losses[min(i + span, lowest)] - losses[i - span])
+        / math.log(lrs[min(i + span, lowest)] / lrs[i - span])
         for i in range(SKIP_START, lowest)
     ]
     steepest = min(range(len(slopes)), key=slopes.__getitem__)

@@ -96,7 +96,11 @@ def test_every_schema_option_has_a_yaml_file_and_every_yaml_file_is_an_option(
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(group, option) for group in [*UNION_GROUPS, "trainer", "lr_find"] for option in schema_options(group)],
+    [
+        (group, option)
+        for group in [*UNION_GROUPS, "trainer", "lr_find"]
+        for option in schema_options(group)
+    ],
 )
 def test_option_yaml_lists_every_key_at_the_schema_default(group: str, option: str) -> None:
     values = load(CONFIGS / group / f"{option}.yaml")
