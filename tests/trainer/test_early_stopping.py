@@ -127,3 +127,20 @@ def test_without_validation_the_epoch_mean_training_loss_is_monitored(
     epoch_losses = result.scalars()["train/loss_epoch"]
     assert len(epoch_losses) == summary["epochs"]
     assert summary["train_loss_epoch"] == pytest.approx(epoch_losses[-1][1], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_train_py_stops_early_keeps_best_pt_and_scores_the_test_split_with_it(
+    train: Callable[..., Any],
+) -> None:
+    overrides = [o for o in EARLY if o != "trainer.save_checkpoints=true"]
+    result = train(*overrides, "dataset.test_fraction=0.2", "trainer.progress_bar=false")
+    assert result.returncode == 0, result.output
+    summary = result.summary
+    assert summary["stop_reason"] == "early_stopping" and summary["epochs"] < 50
+    best_step = summary["best_checkpoint"]["step"]
+    best = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == best_step < summary["steps"]
+    assert summary["test_weights"] == f"best.pt (step {best_step})"
+    assert 0.5 < summary["test_accuracy"] <= 1.0
+    assert "stopped at early_stopping" in result.output and "test loss" in result.output

@@ -82,3 +82,15 @@ def test_val_every_n_steps_validates_on_its_own_cadence(quick_run: Callable[...,
     )
     steps = [step for step, _ in result.scalars()["val/loss"]]
     assert steps == [10, 20, 25]  # every 10 updates (mid-epoch: 12 per epoch), and the end
+
+
+@pytest.mark.slow
+def test_train_py_fast_dev_run_leaves_only_the_summary_of_gradtrain(
+    train: Callable[..., Any],
+) -> None:
+    result = train("experiment=mlp_classification", "trainer.fast_dev_run=true")
+    assert result.returncode == 0, result.output
+    assert result.summary["steps"] == 1 and "val_loss" in result.summary
+    # Hydra's own record (.hydra/, train.log) is Hydra's; gradtrain kept only summary.json.
+    left = {p.name for p in result.run_dir.iterdir()} - {".hydra", "train.log"}
+    assert left == {"summary.json"}
