@@ -732,6 +732,17 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     ):
         if key in summary:
             lines.append(f"  {label:<11} {number(key, '.6g')}")
+    if "best_checkpoint" in summary:
+        best = summary["best_checkpoint"]
+        lines.append(
+            f"  best        {best['metric']} {best['value']:.6g} at step {best['step']} "
+            f"({Path(CHECKPOINT_DIR) / BEST})"
+        )
+    if "lr_find" in summary:
+        suggested = summary["lr_find"]["suggested_lr"]
+        shown = "none" if suggested is None else f"{suggested:.3g}"
+        applied = " (applied)" if summary["lr_find"].get("applied") else ""
+        lines.append(f"  lr_find     suggested lr {shown}{applied} ({LR_FIND_FIGURE})")
     if "params" in summary:
         values = summary["params"]
         shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])
