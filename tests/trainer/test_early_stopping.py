@@ -3,6 +3,7 @@ best validation step in best.pt, and stop at the same step when resumed part way
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,7 @@ EARLY = (
     "trainer.max_steps=null",
     "trainer.max_epochs=100",
     "trainer.save_checkpoints=true",
+    "trainer.keep_checkpoints=0",  # last.pt and best.pt only: fewer writes
     "trainer.early_stopping.patience=3",
     "logger=tensorboard",
 )
@@ -144,3 +146,56 @@ def test_train_py_stops_early_keeps_best_pt_and_scores_the_test_split_with_it(
     assert summary["test_weights"] == f"best.pt (step {best_step})"
     assert 0.5 < summary["test_accuracy"] <= 1.0
     assert "stopped at early_stopping" in result.output and "test loss" in result.output
+
+
+@pytest.mark.slow  # torchrun and train.py subprocesses
+def test_under_torchrun_ranks_stop_together_and_rank_0_alone_writes_best_pt(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    job = [
+        "experiment=mlp_classification",
+        "model.dropout=0.0",
+        "dataset.n_samples=480",
+        "dataset.spread=0.3",
+        "dataset.val_fraction=0.2",
+        "dataset.test_fraction=0.2",  # 288 training rows
+        "dataset.shuffle=false",
+        "optimizer.lr=0.05",
+        "trainer.max_steps=null",
+        "trainer.max_epochs=60",
+        "trainer.early_stopping.patience=2",
+        "trainer.progress_bar=false",
+        "logger.figures=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    two, one = tmp_path / "two" / "run", tmp_path / "one"
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    commands = {
+        two: [*ddp, str(root / "train.py"), *job, "dataset.batch_size=16"],
+        one: [sys.executable, str(root / "train.py"), *job, "dataset.batch_size=32"],
+    }
+    summaries = {}
+    for run_dir, command in commands.items():
+        completed = subprocess.run(
+            [*command, f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr
+        summaries[run_dir] = json.loads((run_dir / "summary.json").read_text())
+    ddp_summary, single = summaries[two], summaries[one]
+    assert ddp_summary["stop_reason"] == single["stop_reason"] == "early_stopping"
+    assert ddp_summary["steps"] == single["steps"]
+    assert ddp_summary["best_checkpoint"]["step"] == single["best_checkpoint"]["step"]
+    assert ddp_summary["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
+    best = torch.load(two / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == ddp_summary["best_checkpoint"]["step"]
+    assert sorted(p.name for p in two.parent.iterdir()) == ["run"]  # no other rank's folder

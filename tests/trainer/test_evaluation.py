@@ -85,6 +85,7 @@ TEST_RUN = (
     "trainer.max_steps=null",
     "trainer.max_epochs=100",
     "trainer.save_checkpoints=true",
+    "trainer.keep_checkpoints=0",
     "trainer.early_stopping.patience=3",
     "logger=tensorboard",
 )

@@ -19,10 +19,10 @@ MOONS = (
     "dataset.val_fraction=0.25",
     "dataset.batch_size=32",
     "model.dropout=0.2",  # draws random numbers in every forward: the RNG must be put back
-    "trainer.max_steps=30",
+    "trainer.max_steps=12",
     "trainer.save_checkpoints=true",
 )
-FIND = ("lr_find.enabled=true", "lr_find.num_steps=40", "lr_find.min_lr=1e-5", "lr_find.max_lr=1")
+FIND = ("lr_find.enabled=true", "lr_find.num_steps=25", "lr_find.min_lr=1e-5", "lr_find.max_lr=1")
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
