@@ -135,9 +135,11 @@ class Trainer:
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
         scheduler: stepped after every optimizer step, or None for a constant lr.
-        val_loader: batches evaluated every `settings.val_every_n_epochs` epochs, or None.
+        val_loader: batches evaluated every `settings.val_every_n_epochs` epochs (or every
+            `settings.val_every_n_steps` updates), or None.
         classification: count correct predictions (train/accuracy, val/accuracy).
-        checkpointer: receives `state_dict()` at checkpoint steps, or None for no checkpoints.
+        checkpointer: receives `state_dict()` at checkpoint steps (and, as best.pt, whenever
+            the monitored metric improves), or None for no checkpoints.
         stop_request: polled at step boundaries; when set, the run checkpoints and stops.
         trajectory: if given, records the parameters at the start and at logging steps (for
             figures of the path).
