@@ -313,7 +313,12 @@ def _read_test_csv(
     from gradtrain.errors import DataError
 
     assert cfg.test_path is not None
-    table = load_csv(cfg.test_path, cfg.target, feature_names, cfg.task, cfg.delimiter)
+    try:
+        table = load_csv(cfg.test_path, cfg.target, feature_names, cfg.task, cfg.delimiter)
+    except DataError as exc:
+        # (A test file without rows, or without the training file's columns, is refused like
+        # a test_fraction that holds out none: a key to fix, before anything is written.)
+        raise ConfigError([f"dataset.test_path={cfg.test_path}: {exc}"]) from None
     dataset = table.dataset
     if class_names is None:
         return dataset

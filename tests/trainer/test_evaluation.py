@@ -203,3 +203,22 @@ def test_a_test_fraction_that_holds_out_no_row_is_refused(quick_run: Callable[..
         quick_run(
             "experiment=linear_regression", "dataset.n_samples=100", "dataset.test_fraction=0.001"
         )
+
+
+def test_a_test_csv_without_rows_is_refused_naming_the_key(
+    quick_run: Callable[..., Any], tmp_path: Path
+) -> None:
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    _write_csv(train_csv, _csv_rows(50, seed=1))
+    _write_csv(test_csv, [])  # a header, no rows
+    with pytest.raises(ConfigError, match=r"dataset\.test_path=.*test\.csv: .*no data rows"):
+        quick_run(
+            "dataset=csv",
+            f"dataset.path={train_csv}",
+            "dataset.target=kind",
+            "dataset.task=classification",
+            f"dataset.test_path={test_csv}",
+            "loss=cross_entropy",
+            "model=logistic",
+        )
+    assert not (tmp_path / "quick0").exists() or not any((tmp_path / "quick0").iterdir())
