@@ -325,9 +325,12 @@ def _read_test_csv(
     index = {name: i for i, name in enumerate(class_names)}
     unknown = [name for name in table.class_names if name not in index]
     if unknown:
-        raise DataError(
-            f"{cfg.test_path}: labels {', '.join(unknown[:5])} of '{cfg.target}' are not among "
-            f"the training file's classes ({', '.join(class_names[:10])}) (dataset.test_path)"
+        raise ConfigError(
+            [
+                f"dataset.test_path={cfg.test_path}: labels {', '.join(unknown[:5])} of "
+                f"'{cfg.target}' are not among the training file's classes "
+                f"({', '.join(class_names[:10])}); the model has no output for them"
+            ]
         )
     # load_csv numbers the test file's own labels; these become the training file's numbers.
     renumber = torch.tensor([index[name] for name in table.class_names], dtype=torch.int64)

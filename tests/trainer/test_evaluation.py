@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from gradtrain.build import build
 from gradtrain.config import validate_config
 from gradtrain.datasets import InMemoryDataset
-from gradtrain.errors import ConfigError, DataError
+from gradtrain.errors import ConfigError
 from gradtrain.evaluation import EpochLoss
 from gradtrain.run import seed_everything
 
@@ -186,7 +186,7 @@ def test_a_test_csv_with_a_label_training_never_saw_is_refused(
     _write_csv(train_csv, _csv_rows(50, seed=1))
     # (load_csv asks for two classes in any file it reads for classification)
     _write_csv(test_csv, [(1.0, 2.0, "medium"), (2.0, 3.0, "big")])
-    with pytest.raises(DataError, match=r"medium.*dataset\.test_path"):
+    with pytest.raises(ConfigError, match=r"dataset\.test_path=.*labels medium of 'kind'"):
         quick_run(
             "dataset=csv",
             f"dataset.path={train_csv}",
