@@ -8,7 +8,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -49,6 +49,9 @@ from gradtrain.metrics.sinks import MetricSink, NullSink, TensorBoardSink
 from gradtrain.models import MODELS, VectorModel
 from gradtrain.optim import OPTIMIZERS
 from gradtrain.schedulers import SCHEDULERS
+
+if TYPE_CHECKING:
+    from gradtrain.datasets import InMemoryDataset
 
 log = logging.getLogger("gradtrain")
 
@@ -241,7 +244,6 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         return Data()
     from gradtrain.datasets import (
         ClassificationDataset,
-        InMemoryDataset,
         RegressionDataset,
         build_dataloader,
         load_csv,
@@ -306,7 +308,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
 
 def _read_test_csv(
     cfg: CsvDatasetConfig, feature_names: list[str], class_names: list[str] | None
-) -> Any:
+) -> InMemoryDataset:
     """`dataset.test_path`: read as the training file is (the same feature columns), its
     labels numbered as the training file numbers them."""
     from gradtrain.datasets import InMemoryDataset, load_csv
