@@ -44,6 +44,18 @@ class InMemoryDataset(Dataset[tuple[Tensor, Tensor]]):
         val, train = order[:n_val].sort().values, order[n_val:].sort().values
         return self.subset(train), self.subset(val)
 
+    def split_with_test(
+        self, val_fraction: float, test_fraction: float, seed: int
+    ) -> tuple[InMemoryDataset, InMemoryDataset, InMemoryDataset]:
+        """(train, validation, test), disjoint: validation is the rows `split` gives it (the
+        same seeded order), the test rows (round(test_fraction * n)) come next in that order,
+        training keeps the rest. Each keeps the rows' original order."""
+        n_val, n_test = round(val_fraction * len(self)), round(test_fraction * len(self))
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        val, test = order[:n_val], order[n_val : n_val + n_test]
+        train = order[n_val + n_test :]
+        return tuple(self.subset(rows.sort().values) for rows in (train, val, test))  # type: ignore[return-value]
+
     def subset(self, index: Tensor) -> InMemoryDataset:
         return InMemoryDataset(self.inputs[index], self.targets[index])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from gradtrain.distributed import (
 )
 from gradtrain.errors import ConfigError, GradtrainError
 from gradtrain.insight.trajectory import Trajectory
-from gradtrain.loop import Checkpointer, StopRequest, Trainer, total_steps
+from gradtrain.loop import Checkpointer, StopRequest, Trainer, epoch_batches, total_steps
 from gradtrain.losses import LOSSES, ParameterLoss
 from gradtrain.memory import memory_report
 from gradtrain.metrics.history import TeeSink
@@ -70,6 +71,7 @@ class Data:
 
     train_loader: DataLoader[Any] | None = None
     val_loader: DataLoader[Any] | None = None
+    test_loader: DataLoader[Any] | None = None  # scored once, at the end of the run
     n_features: int | None = None
     n_classes: int | None = None  # classification only
     class_names: list[str] | None = None  # classification: index -> label in the source
@@ -123,16 +125,28 @@ def build(cfg: Config) -> Components:
             raise ConfigError(problems)
         model = build_model(cfg, loss_fn, data).to(device)
         optimizer = build_optimizer(cfg.optimizer, model)
-    batches_per_epoch = len(data.train_loader) if data.train_loader is not None else 1
-    steps = total_steps(cfg.trainer, batches_per_epoch)
     return Components(
         model=wrap_model(model, device),
         loss_fn=loss_fn,
         optimizer=optimizer,
-        scheduler=build_scheduler(cfg.scheduler, optimizer, steps),
+        scheduler=build_scheduler(cfg.scheduler, optimizer, _planned_steps(cfg, data)),
         data=data,
         device=device,
     )
+
+
+def _planned_steps(cfg: Config, data: Data) -> int:
+    """The updates the scheduler plans for (the run's limits, epochs as capped)."""
+    loader = data.train_loader
+    batches_per_epoch = epoch_batches(cfg.trainer, len(loader)) if loader is not None else 1
+    return total_steps(cfg.trainer, batches_per_epoch)
+
+
+def with_learning_rate(cfg: Config, parts: Components, lr: float) -> Components:
+    """`parts` with a fresh optimizer and scheduler at learning rate `lr` (lr_find.apply)."""
+    optimizer = build_optimizer(cfg.optimizer.model_copy(update={"lr": lr}), parts.model)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, _planned_steps(cfg, parts.data))
+    return dataclasses.replace(parts, optimizer=optimizer, scheduler=scheduler)
 
 
 @contextlib.contextmanager
@@ -165,13 +179,21 @@ def data_problems(cfg: Config, data: Data) -> list[str]:
         problems.append(lbfgs_problem)
     if loader is not None and len(loader) == 0:
         problems.append(_no_batch_problem(cfg.dataset, loader))
-    if cfg.trainer.monitor == "val_loss" and loader is not None and data.val_loader is None:
+    monitor = cfg.trainer.monitor
+    if monitor in ("val_loss", "val_accuracy") and loader is not None and data.val_loader is None:
         fraction = getattr(cfg.dataset, "val_fraction", 0.0)
         rows = len(loader.dataset)  # type: ignore[arg-type]
         problems.append(
-            f"trainer.monitor=val_loss needs validation rows, but dataset.val_fraction="
+            f"trainer.monitor={monitor} needs validation rows, but dataset.val_fraction="
             f"{fraction:g} of {rows} rows holds out none (round({fraction:g} x {rows}) = 0); "
-            "raise dataset.val_fraction, or set trainer.monitor=final_loss, best_loss or null"
+            "raise dataset.val_fraction, or set trainer.monitor=train_loss_epoch, final_loss, "
+            "best_loss or null"
+        )
+    test_fraction = getattr(cfg.dataset, "test_fraction", 0.0)
+    if test_fraction > 0 and loader is not None and data.test_loader is None:
+        problems.append(
+            f"dataset.test_fraction={test_fraction:g} holds out no test rows (it rounds to 0 of "
+            "the data set's rows); raise dataset.test_fraction, or set it to 0"
         )
     return problems
 
@@ -292,7 +314,9 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             class_names = table.class_names
             log.info("Classes of '%s': %s", cfg.target, table.describe_classes())
 
-    train, val = dataset.split(cfg.val_fraction, seed=seed)
+    train, val, test = dataset.split_with_test(cfg.val_fraction, cfg.test_fraction, seed=seed)
+    if isinstance(cfg, CsvDatasetConfig) and cfg.test_path is not None:
+        test = _read_test_csv(cfg, table.feature_names, class_names)
     if len(train) == 0:
         raise ConfigError(
             [
@@ -304,6 +328,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
     if isinstance(cfg, CsvDatasetConfig) and cfg.standardize:
         mean, std = train.feature_statistics()  # training rows only: no peeking at validation
         train, val = train.standardized(mean, std), val.standardized(mean, std)
+        test = test.standardized(mean, std)  # with the training statistics too
 
     def loader(split: InMemoryDataset, shuffle: bool, train: bool) -> DataLoader[Any]:
         return build_dataloader(
@@ -324,6 +349,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
     return Data(
         train_loader=loader(train, cfg.shuffle, train=True),
         val_loader=loader(val, shuffle=False, train=False) if len(val) else None,
+        test_loader=loader(test, shuffle=False, train=False) if len(test) else None,
         n_features=dataset.n_features,
         n_classes=len(class_names) if class_names is not None else None,
         class_names=class_names,
@@ -352,6 +378,39 @@ def _plugin_dataset(cfg: DatasetConfig, seed: int) -> tuple[InMemoryDataset, lis
         return dataset, None
     n_classes = int(dataset.targets.max()) + 1 if len(dataset) else 0
     return dataset, [str(i) for i in range(n_classes)]
+
+
+def _read_test_csv(
+    cfg: CsvDatasetConfig, feature_names: list[str], class_names: list[str] | None
+) -> InMemoryDataset:
+    """`dataset.test_path`: read as the training file is (the same feature columns), its
+    labels numbered as the training file numbers them."""
+    from gradtrain.datasets import InMemoryDataset, load_csv
+    from gradtrain.errors import DataError
+
+    assert cfg.test_path is not None
+    try:
+        table = load_csv(cfg.test_path, cfg.target, feature_names, cfg.task, cfg.delimiter)
+    except DataError as exc:
+        # (A test file without rows, or without the training file's columns, is refused like
+        # a test_fraction that holds out none: a key to fix, before anything is written.)
+        raise ConfigError([f"dataset.test_path={cfg.test_path}: {exc}"]) from None
+    dataset = table.dataset
+    if class_names is None:
+        return dataset
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [name for name in table.class_names if name not in index]
+    if unknown:
+        raise ConfigError(
+            [
+                f"dataset.test_path={cfg.test_path}: labels {', '.join(unknown[:5])} of "
+                f"'{cfg.target}' are not among the training file's classes "
+                f"({', '.join(class_names[:10])}); the model has no output for them"
+            ]
+        )
+    # load_csv numbers the test file's own labels; these become the training file's numbers.
+    renumber = torch.tensor([index[name] for name in table.class_names], dtype=torch.int64)
+    return InMemoryDataset(dataset.inputs, renumber[dataset.targets])
 
 
 def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:

@@ -23,6 +23,7 @@ from gradtrain.files import os_error_text, write_atomic
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
+BEST = "best.pt"  # the weights of the best evaluation of the monitored metric (not resumed from)
 _STEP_FILE = re.compile(r"step_(\d+)\.pt")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive, which opens with this
 
@@ -225,6 +226,20 @@ class CheckpointWriter:
         self._prune()
         return step_path
 
+    def save_best(self, payload: dict[str, Any], step: int) -> Path:
+        """`<dir>/best.pt`, replaced atomically whenever the monitored metric improves."""
+        if self.config is not None:
+            payload = {**payload, "config": self.config}
+        path = self.directory / BEST
+        try:
+            save_checkpoint(path, payload)
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write the best checkpoint (step {step}) to {path}: "
+                f"{os_error_text(exc)}; the previous {BEST} is intact"
+            ) from exc
+        return path
+
     def _prune(self) -> None:
         numbered = _numbered(self.directory)
         for _, path in numbered[: max(len(numbered) - self.keep, 0)]:
@@ -247,6 +262,9 @@ class NullCheckpointWriter:
     (`Trainer._checkpoint`), so every rank sees the same values and stops at the same step."""
 
     def save(self, payload: dict[str, Any], step: int) -> None:
+        return None
+
+    def save_best(self, payload: dict[str, Any], step: int) -> None:
         return None
 
 

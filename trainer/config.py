@@ -214,6 +214,19 @@ class LoaderSettings(StrictModel):
     pin_memory: bool = False
     drop_last: bool = False
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # A seeded share held out for the test score at the end of the run, disjoint from the
+    # validation and training rows (`dataset.test_path` instead: a second CSV file).
+    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _splits_leave_training_rows(self) -> LoaderSettings:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"dataset.test_fraction={self.test_fraction:g} plus dataset.val_fraction="
+                f"{self.val_fraction:g} is {self.val_fraction + self.test_fraction:g}, which "
+                "leaves no training rows; their sum must be below 1 (e.g. 0.2 and 0.2)"
+            )
+        return self
 
 
 class RegressionDatasetConfig(LoaderSettings):
@@ -248,6 +261,18 @@ class CsvDatasetConfig(LoaderSettings):
     task: Literal["regression", "classification"] = "regression"
     standardize: bool = True
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # A second CSV with the same columns, scored at the end (standardised with the training
+    # rows' statistics); null: none, or `test_fraction` of this file.
+    test_path: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_test_split(self) -> CsvDatasetConfig:
+        if self.test_path is not None and self.test_fraction > 0:
+            raise ValueError(
+                f"dataset.test_path={self.test_path} and dataset.test_fraction="
+                f"{self.test_fraction:g} both ask for a test split; give one of them"
+            )
+        return self
 
 
 DatasetConfig = Annotated[
@@ -384,6 +409,22 @@ SchedulerConfig = Annotated[
 
 
 # ---------------------------------------------------------------------------------- trainer, logs
+class EarlyStoppingConfig(StrictModel):
+    """Stop when `trainer.monitor` has not improved by more than `min_delta` for `patience`
+    evaluations in a row (null patience: never)."""
+
+    patience: PositiveInt | None = None
+    min_delta: NonNegativeFloat = 0.0
+
+
+# The metrics `trainer.monitor` can name. Evaluated during training (early stopping, best.pt):
+# the validation metrics at each validation, the epoch-mean training loss at each epoch's end.
+# Known only at the end (a sweep's ranking only): the final and the best step loss.
+MONITORED_DURING_TRAINING = ("val_loss", "val_accuracy", "train_loss_epoch")
+MONITORED_AT_THE_END = ("final_loss", "best_loss")
+Monitor = Literal["val_loss", "val_accuracy", "train_loss_epoch", "final_loss", "best_loss"]
+
+
 class TrainerConfig(StrictModel):
     max_steps: PositiveInt | None = 200
     max_epochs: PositiveInt | None = None
@@ -405,9 +446,21 @@ class TrainerConfig(StrictModel):
     on_nonfinite: Literal["stop", "skip", "off"] = "stop"
     max_nonfinite_skips: PositiveInt = 10
     detect_anomaly: bool = False
-    # What the run returns to a sweeper and what a sweep summary is sorted by (lower is better).
-    # null: the final validation loss when the run has one, else the final training loss.
-    monitor: Literal["val_loss", "final_loss", "best_loss"] | None = None
+    # What the run returns to a sweeper and what a sweep summary is sorted by, what early
+    # stopping watches and best.pt keeps. null: val_loss when the run has validation data, else
+    # train_loss_epoch (the mean training loss of each epoch), else (dataset=none) final_loss.
+    monitor: Monitor | None = None
+    mode: Literal["min", "max"] | None = None  # null: max for val_accuracy, else min
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    # Validate every n updates (mid-epoch too) instead of every val_every_n_epochs epochs.
+    val_every_n_steps: PositiveInt | None = None
+    # Smoke runs. fast_dev_run: one training and one validation batch through everything,
+    # nothing kept but summary.json. limit_*: at most n batches per epoch (per validation).
+    # overfit_batches: the same first n batches every epoch (can the model fit at all?).
+    fast_dev_run: bool = False
+    limit_train_batches: PositiveInt | None = None
+    limit_val_batches: PositiveInt | None = None
+    overfit_batches: PositiveInt | None = None
     # Under torchrun: how long a collective (an all-reduce, a broadcast) may wait for the other
     # ranks before the job fails, so a dead or stuck rank ends the job instead of hanging it.
     dist_timeout_s: PositiveInt = 300
@@ -419,6 +472,33 @@ class TrainerConfig(StrictModel):
     def _has_a_limit(self) -> TrainerConfig:
         if self.max_steps is None and self.max_epochs is None:
             raise ValueError("set trainer.max_steps or trainer.max_epochs (or both)")
+        if self.overfit_batches is not None and self.limit_train_batches is not None:
+            raise ValueError(
+                "trainer.overfit_batches and trainer.limit_train_batches both cap the training "
+                "batches; give one of them"
+            )
+        return self
+
+
+class LRFindConfig(StrictModel):
+    """The learning-rate range test before training (trainer/lr_find.py)."""
+
+    enabled: bool = False
+    min_lr: PositiveFloat = 1e-6
+    max_lr: PositiveFloat = 10.0
+    num_steps: Annotated[int, Field(ge=5)] = 100
+    # Stop once the (smoothed) loss exceeds this multiple of the best one seen.
+    stop_factor: Annotated[float, Field(gt=1)] = 4.0
+    apply: bool = False  # train with the suggested lr instead of optimizer.lr
+
+    @model_validator(mode="after")
+    def _range_is_increasing(self) -> LRFindConfig:
+        if self.min_lr >= self.max_lr:
+            raise ValueError(
+                f"lr_find.min_lr={self.min_lr:g} must be below lr_find.max_lr={self.max_lr:g} "
+                "(the lr grows from the one to the other), e.g. lr_find.min_lr=1e-6 "
+                "lr_find.max_lr=10"
+            )
         return self
 
 
@@ -490,6 +570,7 @@ class Config(StrictModel):
     explain: bool = False  # before training, show autograd at work on it (trainer/explain.py)
     # After training: the network's loss surface along or around the path (insight/landscape.py).
     landscape: LandscapeConfig = NoLandscapeConfig(name="none")
+    lr_find: LRFindConfig = LRFindConfig()  # the learning-rate range test before training
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> Config:
@@ -736,23 +817,77 @@ def _lbfgs_does_not_accumulate(optimizer: OptimizerConfig, trainer: TrainerConfi
     return []
 
 
+def default_monitor(has_validation: bool, has_data: bool) -> str:
+    """`trainer.monitor=null`: the validation loss, else the epoch-mean training loss, else
+    (a loss of the parameters alone, no epochs of data) the final loss."""
+    if has_validation:
+        return "val_loss"
+    return "train_loss_epoch" if has_data else "final_loss"
+
+
 def _monitor_is_reported(trainer: TrainerConfig, dataset: DatasetConfig) -> list[str]:
     # Said now, not when the summary is written after training. (A share too small to hold a
     # row is known once the data is: build.py checks that.)
-    if trainer.monitor != "val_loss":
-        return []
+    monitor = trainer.monitor
     val_fraction = getattr(dataset, "val_fraction", 0.0)
-    if dataset.name != "none" and val_fraction > 0:
+    has_data = dataset.name != "none"
+    problems = []
+    if monitor in ("val_loss", "val_accuracy") and not (has_data and val_fraction > 0):
+        why = (
+            "dataset=none has no data"
+            if not has_data
+            else f"dataset.val_fraction={val_fraction:g} holds out no rows"
+        )
+        problems.append(
+            f"trainer.monitor={monitor} needs validation data, but {why}; set "
+            "dataset.val_fraction (e.g. 0.2) on a dataset, or trainer.monitor=train_loss_epoch, "
+            "final_loss, best_loss or null"
+        )
+    if monitor == "val_accuracy" and has_data and dataset_task(dataset) != "classification":
+        problems.append(
+            f"trainer.monitor=val_accuracy needs a classification dataset; dataset="
+            f"{dataset.name} is {dataset_task(dataset)}: use trainer.monitor=val_loss"
+        )
+    if monitor == "train_loss_epoch" and not has_data:
+        problems.append(
+            "trainer.monitor=train_loss_epoch needs epochs of data, but dataset=none has none "
+            "(each step is an epoch); use trainer.monitor=final_loss, best_loss or null"
+        )
+    return problems
+
+
+def _early_stopping_has_a_metric(trainer: TrainerConfig, dataset: DatasetConfig) -> list[str]:
+    if trainer.early_stopping.patience is None:
         return []
-    why = (
-        "dataset=none has no data"
-        if dataset.name == "none"
-        else f"dataset.val_fraction={val_fraction:g} holds out no rows"
-    )
+    has_data = dataset.name != "none"
+    monitor = trainer.monitor or default_monitor(getattr(dataset, "val_fraction", 0) > 0, has_data)
+    if monitor in MONITORED_DURING_TRAINING:
+        return []
     return [
-        f"trainer.monitor=val_loss needs validation data, but {why}; set dataset.val_fraction "
-        "(e.g. 0.2) on a dataset, or trainer.monitor=final_loss, best_loss or null"
+        f"trainer.early_stopping.patience={trainer.early_stopping.patience} watches the "
+        f"monitored metric at each evaluation, but trainer.monitor={monitor} is known only at "
+        "the end of the run; monitor val_loss, val_accuracy or train_loss_epoch (a dataset), "
+        "or stop a loss of the parameters alone with trainer.tolerance"
     ]
+
+
+def _lr_find_fits(
+    trainer: TrainerConfig, optimizer: OptimizerConfig, lr_find: LRFindConfig
+) -> list[str]:
+    if not lr_find.enabled:
+        return []
+    problems = []
+    if trainer.fast_dev_run:
+        problems.append(
+            "lr_find.enabled=true and trainer.fast_dev_run=true: a smoke run takes one batch, "
+            "the range test many; set one of them to false"
+        )
+    if optimizer.name == "lbfgs":
+        problems.append(
+            "lr_find.enabled=true needs an optimizer with a fixed step size; optimizer=lbfgs "
+            "searches its own step: set lr_find.enabled=false"
+        )
+    return problems
 
 
 # ------------------------------------------------------------------------ fits in memory
@@ -783,6 +918,8 @@ _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _landscape_fits,
     _lbfgs_does_not_accumulate,
     _monitor_is_reported,
+    _early_stopping_has_a_metric,
+    _lr_find_fits,
     _fits_in_memory,
 )
 
@@ -870,6 +1007,10 @@ def _section_model(
         return schema
     if section == "trainer":
         return TrainerConfig
+    if section == "trainer.early_stopping":
+        return EarlyStoppingConfig
+    if section == "lr_find":
+        return LRFindConfig
     if section in _UNION_SECTIONS:
         chosen = raw.get(section)
         name = chosen.get("name") if isinstance(chosen, Mapping) else None

@@ -23,9 +23,11 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from gradtrain.checkpoint import capture_rng_state, restore_rng_state
-from gradtrain.config import TrainerConfig
+from gradtrain.config import MONITORED_DURING_TRAINING, TrainerConfig, default_monitor
 from gradtrain.distributed import all_reduce_mean, all_reduce_sum, sync_gradients, unwrap
 from gradtrain.distributed import world_size as process_count
+from gradtrain.early_stopping import MonitorTracker
+from gradtrain.evaluation import EpochLoss
 from gradtrain.guard import NonFiniteGuard
 from gradtrain.insight.trajectory import Trajectory
 from gradtrain.metrics.parameter_stats import ParameterStats
@@ -33,8 +35,11 @@ from gradtrain.metrics.sinks import MetricSink
 from gradtrain.progress import ProgressBar
 from gradtrain.step import backward, forward, summed
 from gradtrain.sweeps import trial_report
+from gradtrain.sweeps.monitor import natural_mode
 
-StopReason = Literal["max_steps", "max_epochs", "tolerance", "interrupted", "diverged", "pruned"]
+StopReason = Literal[
+    "max_steps", "max_epochs", "tolerance", "early_stopping", "interrupted", "diverged", "pruned"
+]
 
 
 class StopRequest(Protocol):
@@ -48,6 +53,9 @@ class Checkpointer(Protocol):
     """Where `Trainer.state_dict()` goes at checkpoint time."""
 
     def save(self, payload: dict[str, Any], step: int) -> Any: ...
+
+    def save_best(self, payload: dict[str, Any], step: int) -> Any:
+        """`state_dict()` when the monitored metric improves (checkpoints/best.pt)."""
 
 
 @dataclass
@@ -96,6 +104,16 @@ class FitResult:
     message: str | None = None  # why training stopped early (divergence, signal)
     last_checkpoint_step: int | None = None
     diverged_at_step: int | None = None  # the update found non-finite (steps may be later)
+    train_loss_epoch: float | None = None  # the last finished epoch's mean (else the steps')
+    # best.pt: {"step", "metric", "value"} of the best evaluation, when it was written.
+    best_checkpoint: dict[str, Any] | None = None
+
+
+def epoch_batches(settings: TrainerConfig, loader_batches: int) -> int:
+    """The batches of one epoch: the loader's, capped by limit_train_batches or
+    overfit_batches."""
+    cap = settings.limit_train_batches or settings.overfit_batches
+    return min(loader_batches, cap) if cap is not None else loader_batches
 
 
 def total_steps(settings: TrainerConfig, batches_per_epoch: int) -> int:
@@ -124,9 +142,11 @@ class Trainer:
         device: where the model lives and batches are moved to.
         sink: receives scalars at logging steps.
         scheduler: stepped after every optimizer step, or None for a constant lr.
-        val_loader: batches evaluated every `settings.val_every_n_epochs` epochs, or None.
+        val_loader: batches evaluated every `settings.val_every_n_epochs` epochs (or every
+            `settings.val_every_n_steps` updates), or None.
         classification: count correct predictions (train/accuracy, val/accuracy).
-        checkpointer: receives `state_dict()` at checkpoint steps, or None for no checkpoints.
+        checkpointer: receives `state_dict()` at checkpoint steps (and, as best.pt, whenever
+            the monitored metric improves), or None for no checkpoints.
         stop_request: polled at step boundaries; when set, the run checkpoints and stops.
         trajectory: if given, records the parameters at the start and at logging steps (for
             figures of the path).
@@ -178,7 +198,9 @@ class Trainer:
             (n, p) for n, p in self.module.named_parameters() if p.requires_grad
         ]
         self.params: list[Tensor] = [p for _, p in self.named_parameters]
-        self.batches_per_epoch = len(train_loader) if train_loader is not None else 1
+        self.batches_per_epoch = (
+            epoch_batches(settings, len(train_loader)) if train_loader is not None else 1
+        )
         self.total_steps = total_steps(settings, self.batches_per_epoch)
         self.guard = NonFiniteGuard(
             settings.on_nonfinite, self.named_parameters, settings.max_nonfinite_skips, device
@@ -196,6 +218,23 @@ class Trainer:
         self._last_grad_norm = torch.tensor(math.nan)  # the last one taken
         self._session_started: float | None = None  # perf_counter() at fit()'s start, while fitting
         self._first_update_pending = False  # the session's first update is yet to be timed
+        # The monitored metric (trainer.monitor, or its default for this data), followed at each
+        # evaluation for best.pt and early stopping; read on the host only where they need it.
+        self.monitor = settings.monitor or default_monitor(
+            val_loader is not None, train_loader is not None
+        )
+        self.tracker: MonitorTracker | None = None
+        if self.monitor in MONITORED_DURING_TRAINING and (
+            settings.early_stopping.patience is not None or checkpointer is not None
+        ):
+            self.tracker = MonitorTracker(
+                self.monitor,
+                settings.mode or natural_mode(self.monitor),
+                settings.early_stopping.patience,
+                settings.early_stopping.min_delta,
+            )
+        self.epoch_loss = EpochLoss() if train_loader is not None else None
+        self._last_epoch_loss: Tensor | None = None  # train/loss_epoch of the last epoch
 
     # ---------------------------------------------------------------------------------- the step
     def train_step(self, batches: list[Any], log_now: bool) -> StepOutput | None:
@@ -304,6 +343,8 @@ class Trainer:
         progress.update(state.step)  # a resumed run starts part way
         with progress, anomaly:
             self._stop_reason = self._limit_reached(state.step, state.batch_in_epoch)
+            if self._stop_reason is None and self._patience_ran_out():
+                self._stop_reason = "early_stopping"  # a resumed run that had stopped so
             while self._stop_reason is None:
                 where = (state.epoch, state.batch_in_epoch)
                 self._train_epoch(progress)
@@ -365,6 +406,8 @@ class Trainer:
                 continue
             state.step = step
             self._last_loss = output.loss
+            if self.epoch_loss is not None:
+                self.epoch_loss.add(output.loss)  # (kept on the device: no sync)
             if output.grad_norm is not None:
                 self._last_grad_norm = output.grad_norm
             if log_now:
@@ -380,6 +423,14 @@ class Trainer:
         if self.stop_request is not None and self.stop_request.requested:
             self._stop_reason = self._stop_reason or "interrupted"
             self._message = f"stopped by a signal after step {state.step}"
+        every_n_steps = self.settings.val_every_n_steps
+        if (
+            every_n_steps is not None
+            and state.step % every_n_steps == 0
+            and self.val_loader is not None
+            and self._stop_reason not in ("interrupted", "diverged")
+        ):
+            self._validate(final=is_last)  # (may stop the run: early stopping, pruning)
         every = self.settings.checkpoint_every_n_steps
         checkpoint_due = every is not None and state.step % every == 0
         stopping = is_last or self._stop_reason is not None
@@ -410,12 +461,16 @@ class Trainer:
             # counts as an epoch (see the loop), until the run stops.
             yield from itertools.repeat([None])
             return
+        # The order is a function of the epoch alone; overfit_batches keeps epoch 0's.
+        epoch = 0 if self.settings.overfit_batches is not None else self.state.epoch
         for sampler_kind in ("batch_sampler", "sampler"):
             set_epoch = getattr(getattr(self.train_loader, sampler_kind, None), "set_epoch", None)
             if set_epoch is not None:
-                set_epoch(self.state.epoch)  # the order is a function of the epoch alone
+                set_epoch(epoch)
                 break
-        batches = iter(self.train_loader)
+        batches: Iterator[Any] = iter(self.train_loader)
+        if self.batches_per_epoch < len(self.train_loader):  # type: ignore[arg-type]
+            batches = itertools.islice(batches, self.batches_per_epoch)  # limit/overfit
         for _ in range(self.state.batch_in_epoch):
             next(batches)
         accumulate = self.settings.accumulate_grad_batches
@@ -499,23 +554,78 @@ class Trainer:
                 state.seen = 0
         if paused:
             return
-        due = epoch_done and state.epoch % self.settings.val_every_n_epochs == 0
+        if epoch_done and self.epoch_loss is not None and self.epoch_loss.count:
+            self._end_of_epoch_loss()
+        due = (
+            epoch_done
+            and self.settings.val_every_n_steps is None
+            and state.epoch % self.settings.val_every_n_epochs == 0
+        )
         fresh = state.val_metrics.get("step") == state.step
         if self.val_loader is not None and (due or ending) and not fresh:
             if self._stop_reason == "diverged":
                 return
-            state.val_metrics = {"step": state.step, **self.evaluate(self.val_loader)}
-            self.sink.log_scalars(
-                {f"val/{k}": v for k, v in state.val_metrics.items() if k != "step"},
-                step=state.step,
-            )
-            # In a search, the trial reports its monitored metric here and its pruner may stop
-            # it (gradtrain/sweeps/trial_report.py; always False outside a search).
-            if trial_report.should_prune(
-                state.step, self.settings.monitor, state.val_metrics, final=ending
-            ):
-                self._stop_reason = "pruned"
-                self._message = f"pruned by the search's pruner after step {state.step}"
+            self._validate(final=ending)
+
+    def _end_of_epoch_loss(self) -> None:
+        """train/loss_epoch: the mean loss of the epoch's updates, summed on the device; read
+        on the host only when it is the monitored metric of best.pt or early stopping."""
+        assert self.epoch_loss is not None
+        mean = self.epoch_loss.mean()
+        assert mean is not None
+        self.epoch_loss.reset()
+        self._last_epoch_loss = mean
+        self.sink.log_scalars({"train/loss_epoch": mean}, step=self.state.step)
+        if self.monitor == "train_loss_epoch" and self.tracker is not None:
+            self._monitored(mean.item())  # a host sync, once per epoch
+
+    def _validate(self, final: bool) -> None:
+        """Evaluate the validation data, log val/*, and hand the monitored value on."""
+        assert self.val_loader is not None
+        state = self.state
+        metrics = self.evaluate(self.val_loader, max_batches=self.settings.limit_val_batches)
+        state.val_metrics = {"step": state.step, **metrics}
+        self.sink.log_scalars({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
+        if self.monitor in ("val_loss", "val_accuracy") and self.tracker is not None:
+            self._monitored(metrics[self.monitor.removeprefix("val_")])
+        # In a search, the trial reports its monitored metric here and its pruner may stop it
+        # (gradtrain/sweeps/trial_report.py; always False outside a search).
+        pruned = trial_report.should_prune(state.step, self.monitor, state.val_metrics, final=final)
+        if pruned and self._stop_reason is None:
+            self._stop_reason = "pruned"
+            self._message = f"pruned by the search's pruner after step {state.step}"
+
+    def _monitored(self, value: float) -> None:
+        """Where an evaluation becomes the monitored value (validation, or an epoch's mean
+        training loss): best.pt when it improved, and early stopping. (The one place a
+        sweeper that prunes by the monitored value would hook into.)"""
+        assert self.tracker is not None
+        verdict = self.tracker.observe(value, self.state.step)
+        if verdict.improved and self.checkpointer is not None:
+            self._check(parameters=True)  # never save the weights of a bad update
+            if self._stop_reason == "diverged":
+                return
+            self.checkpointer.save_best(self.state_dict(), self.state.step)
+        if verdict.stop and self._stop_reason is None:
+            self._stop_early()
+
+    def _patience_ran_out(self) -> bool:
+        tracker = self.tracker
+        return (
+            tracker is not None
+            and tracker.patience is not None
+            and tracker.evaluations_without_improvement >= tracker.patience
+        )
+
+    def _stop_early(self) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        self._stop_reason = "early_stopping"
+        self._message = (
+            f"early stopping: {tracker.metric} did not improve by more than "
+            f"{self.settings.early_stopping.min_delta:g} for {tracker.patience} evaluations "
+            f"(best {tracker.best:.6g} at step {tracker.best_step})"
+        )
 
     def _gradient_norms(self) -> dict[str, Tensor]:
         """L2 norm of each parameter's gradient by its tag, from one fused kernel (no loop of
@@ -549,13 +659,14 @@ class Trainer:
             state.last_logged_loss = loss
 
     @torch.no_grad()
-    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
-        """Mean loss per sample (and accuracy) over `loader`, in eval mode, building no graph."""
+    def evaluate(self, loader: Iterable[Any], max_batches: int | None = None) -> dict[str, float]:
+        """Mean loss per sample (and accuracy) over `loader` (its first `max_batches`), in eval
+        mode, building no graph."""
         self.model.eval()
         total_loss = torch.zeros((), device=self.device)
         total_correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
-        for batch in loader:
+        for batch in itertools.islice(loader, max_batches):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
             with self._autocast():
                 loss, prediction = forward(self.model, self.loss_fn, (inputs, targets))
@@ -603,6 +714,13 @@ class Trainer:
                 "first_steps": state.first_steps,
                 "last_loss": self._last_loss.detach().cpu(),
                 "grad_norm": self._last_grad_norm.detach().cpu(),
+                "monitor": self.tracker.state_dict() if self.tracker is not None else None,
+                "epoch_loss": self.epoch_loss.state_dict() if self.epoch_loss is not None else None,
+                "last_epoch_loss": (
+                    self._last_epoch_loss.detach().cpu()
+                    if self._last_epoch_loss is not None
+                    else None
+                ),
             },
         }
 
@@ -632,6 +750,13 @@ class Trainer:
         last_loss = running["last_loss"] if "last_loss" in running else running["objective"]
         self._last_loss = last_loss.to(self.device)
         self._last_grad_norm = running["grad_norm"].to(self.device)
+        # (Checkpoints from before early stopping and train/loss_epoch have none of these.)
+        if self.tracker is not None and running.get("monitor") is not None:
+            self.tracker.load_state_dict(running["monitor"])
+        if self.epoch_loss is not None and running.get("epoch_loss") is not None:
+            self.epoch_loss.load_state_dict(running["epoch_loss"], self.device)
+        if running.get("last_epoch_loss") is not None:
+            self._last_epoch_loss = running["last_epoch_loss"].to(self.device)
         restore_rng_state(checkpoint["rng"])
 
     def _session_elapsed_s(self) -> float:
@@ -659,7 +784,22 @@ class Trainer:
             message=self._message,
             last_checkpoint_step=state.last_checkpoint_step,
             diverged_at_step=self._diverged_at,
+            train_loss_epoch=self._train_loss_epoch(),
+            best_checkpoint=self._best_checkpoint(),
         )
+
+    def _train_loss_epoch(self) -> float | None:
+        """The last finished epoch's mean loss, or the mean so far when none finished."""
+        if self._last_epoch_loss is not None:
+            return self._last_epoch_loss.item()
+        partial = self.epoch_loss.mean() if self.epoch_loss is not None else None
+        return partial.item() if partial is not None else None
+
+    def _best_checkpoint(self) -> dict[str, Any] | None:
+        tracker = self.tracker
+        if self.checkpointer is None or tracker is None or tracker.best_step is None:
+            return None
+        return {"step": tracker.best_step, "metric": tracker.metric, "value": tracker.best}
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable, and cheaper than a new one every step

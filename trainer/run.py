@@ -13,6 +13,7 @@ import math
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ from typing import Any
 import torch
 
 from gradtrain.build import (
+    Components,
     build,
     build_sink,
     build_trainer,
     resolve_device,
+    with_learning_rate,
 )
 from gradtrain.checkpoint import (
+    BEST,
     CheckpointWriter,
     NullCheckpointWriter,
     load_checkpoint,
@@ -70,11 +74,13 @@ from gradtrain.metrics.history import TeeSink
 from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
 from gradtrain.signals import SignalStop
-from gradtrain.sweeps.monitor import choose_monitor
+from gradtrain.smoke import fast_dev_config
+from gradtrain.sweeps.monitor import choose_monitor, natural_mode
 
 log = logging.getLogger("gradtrain")
 
 SUMMARY_FILE = "summary.json"
+LR_FIND_FIGURE = "lr_find.png"
 EXPLAIN_FILE = "explain.md"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
@@ -113,7 +119,14 @@ def run(
     cfg = validate_config(raw_config)
     device = resolve_device(cfg.trainer.device)
     with process_group(device, cfg.trainer.dist_timeout_s), contextlib.ExitStack() as claim:
-        return _run(cfg, raw_config, run_dir, claim, observer, hparam_keys)
+        if not cfg.trainer.fast_dev_run:
+            return _run(cfg, raw_config, run_dir, claim, observer, hparam_keys)
+        # A smoke run writes its checkpoint and events here, removed at the end: the run
+        # folder keeps only summary.json.
+        scratch = Path(claim.enter_context(tempfile.TemporaryDirectory(prefix="gradtrain-smoke-")))
+        return _run(
+            fast_dev_config(cfg), raw_config, run_dir, claim, observer, hparam_keys, scratch
+        )
 
 
 @dataclass(frozen=True)
@@ -134,10 +147,13 @@ def _run(
     claim: contextlib.ExitStack,
     observer: Observer | None = None,
     hparam_keys: Collection[str] | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     main = is_main_process()
     start = _agree_on_start(cfg.trainer.resume, run_dir, claim)
     run_dir, resume_from = start.run_dir, start.resume_from
+    # Where checkpoints, events and figures go: the run folder, or a smoke run's scratch.
+    kept = scratch if scratch is not None else run_dir
     # Every rank loads the checkpoint itself (on several nodes: from a shared file system),
     # and checks, before anything is written, that it continues this very training.
     checkpoint = None
@@ -152,13 +168,13 @@ def _run(
     # CSV, a size, an epoch without a batch) leaves the run folder as it was.
     parts = build(cfg)
     if main:
-        for stale in remove_stale_temporaries(run_dir / CHECKPOINT_DIR):
+        for stale in remove_stale_temporaries(kept / CHECKPOINT_DIR):
             log.info("Removed %s, left by a session killed while writing a checkpoint.", stale)
     checkpointer: CheckpointWriter | NullCheckpointWriter | None = None
     if cfg.trainer.save_checkpoints:
         checkpointer = (
             CheckpointWriter(
-                run_dir / CHECKPOINT_DIR,
+                kept / CHECKPOINT_DIR,
                 keep=cfg.trainer.keep_checkpoints,
                 config=cfg.model_dump(mode="json"),
                 data=parts.data.inference_facts(),
@@ -174,7 +190,7 @@ def _run(
     if start.hide_earlier_events:
         purge_step = 0
     sink = (
-        build_sink(cfg.logger, run_dir / TENSORBOARD_DIR, purge_step=purge_step)
+        build_sink(cfg.logger, kept / TENSORBOARD_DIR, purge_step=purge_step)
         if main
         else NullSink()
     )
@@ -188,14 +204,17 @@ def _run(
         else stop
     )
     try:
-        figures = TrajectoryFigures.for_run(cfg, parts, sink) if main else None
+        figures = TrajectoryFigures.for_run(cfg, parts, sink) if main and not scratch else None
         trajectory = figures.trajectory if figures is not None else None
         # quadratic_form: ‖x_k - x*‖ at each logging step, for the measured convergence rate.
         distances = distance_record(parts.loss_fn) if main else None
         if distances is not None:
             trajectory = distances.attach(trajectory)
+        lr_found = None
+        if cfg.lr_find.enabled and checkpoint is None:  # (a resumed run has its lr already)
+            lr_found, parts = _find_lr(cfg, parts, sink, kept if main else None)
         # (θ₀ taken before a checkpoint is loaded: a resumed run interpolates from the start.)
-        landscape = Landscape.for_run(cfg, parts) if main else None
+        landscape = Landscape.for_run(cfg, parts) if main and not scratch else None
         trainer = build_trainer(
             cfg,
             sink,
@@ -214,7 +233,7 @@ def _run(
             sink.log_text("config", "```yaml\n" + _as_yaml(raw_config) + "\n```")
         # The explanation describes a run's start, so a resumed run does not repeat it.
         explained = cfg.explain and checkpoint is None and main
-        gradient_check = _explain(trainer, sink, run_dir, cfg) if explained else None
+        gradient_check = _explain(trainer, sink, kept, cfg) if explained else None
         try:
             with stop:
                 result = trainer.fit()
@@ -230,6 +249,14 @@ def _run(
             raise
         summary = _summary(cfg.logger, result, trainer.module, run_dir)
         summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
+        summary["monitor_mode"] = cfg.trainer.mode or natural_mode(summary["monitor"])
+        if result.best_checkpoint is not None and scratch is None:
+            summary["best_checkpoint"] = result.best_checkpoint
+        if lr_found is not None:
+            summary["lr_find"] = lr_found
+        if scratch is not None:  # (its checkpoint and events went with the scratch folder)
+            summary["fast_dev_run"] = True
+            summary.pop("tensorboard_dir", None)
         if gradient_check is not None:
             summary["gradient_check"] = gradient_check
         if figures is not None:
@@ -242,6 +269,10 @@ def _run(
             summary["landscape"] = landscape.finish(
                 trainer.module, trainer.loss_fn, sink, run_dir, result.steps
             )
+        test_loader = parts.data.test_loader
+        if test_loader is not None and result.stop_reason not in ("diverged", "interrupted"):
+            # Last: it may load best.pt's weights into the model.
+            summary.update(_score_test(cfg, trainer, test_loader, result, kept / CHECKPOINT_DIR))
         if result.stop_reason != "interrupted":
             # (A stopped run goes on when resumed, and logs them then, at its real end: logged
             # now too, train/loss_best would show a point at the stop as well.)
@@ -266,6 +297,82 @@ def _run(
             f"{result.message}; {_how_to_continue(result, run_dir)}", signal_number
         )
     return summary
+
+
+def _find_lr(
+    cfg: Config, parts: Components, sink: MetricSink, figure_dir: Path | None
+) -> tuple[dict[str, Any], Components]:
+    """lr_find.enabled: the range test on the run's own model, optimizer and batches (all put
+    back afterwards), its figure (rank 0: `figure_dir`), and, with lr_find.apply, the parts
+    with an optimizer and scheduler at the suggested lr. Returns summary.json's `lr_find`."""
+    from gradtrain import lr_find
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if cfg.trainer.precision == "bf16":
+            return torch.autocast(parts.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    result = lr_find.range_test(
+        parts.model,
+        parts.loss_fn,
+        parts.optimizer,
+        parts.data.train_loader,
+        parts.device,
+        cfg.lr_find,
+        autocast,
+    )
+    found = result.summary()
+    suggested = result.suggested_lr
+    log.info(
+        "LR range test: %d steps from %g to %g; suggested lr %s.",
+        found["steps"],
+        result.min_lr,
+        result.max_lr,
+        "none (the loss never fell)" if suggested is None else f"{suggested:.3g}",
+    )
+    if figure_dir is not None:
+        from gradtrain.insight.figures import matplotlib_available
+
+        if matplotlib_available():
+            png = lr_find.figure_png(result)
+            write_atomic(figure_dir / LR_FIND_FIGURE, lambda file: file.write(png))
+            sink.log_image("lr_find", png, step=0)
+        else:
+            log.warning("lr_find.png skipped: matplotlib is not installed")
+    if cfg.lr_find.apply:
+        if suggested is None:
+            log.warning(
+                "lr_find.apply=true, but there is no suggestion: training with optimizer.lr=%g.",
+                cfg.optimizer.lr,
+            )
+        else:
+            parts = with_learning_rate(cfg, parts, suggested)
+            found["applied"] = True
+    return found, parts
+
+
+def _score_test(
+    cfg: Config, trainer: Trainer, loader: Any, result: FitResult, checkpoints: Path
+) -> dict[str, Any]:
+    """The test split, scored with best.pt's weights when this run wrote one (else the last
+    ones): summary.json's test_loss (and test_accuracy), logged as test/loss (test/accuracy)."""
+    weights = None
+    best = result.best_checkpoint
+    if best is not None and is_main_process():
+        path = checkpoints / BEST
+        payload = load_checkpoint(path) if path.is_file() else None
+        # (A best.pt of another session of this folder, one that left no last.pt, is not it.)
+        if payload is not None and payload["step"] == best["step"]:
+            weights = payload["model"]
+    weights = broadcast_from_main(weights)  # under torchrun, every rank scores its shard
+    if weights is not None:
+        trainer.module.load_state_dict(weights)
+    max_batches = 1 if cfg.trainer.fast_dev_run else None
+    metrics = trainer.evaluate(loader, max_batches=max_batches)
+    trainer.sink.log_scalars({f"test/{k}": v for k, v in metrics.items()}, step=result.steps)
+    scored = {f"test_{k}": v for k, v in metrics.items()}
+    scored["test_weights"] = f"{BEST} (step {best['step']})" if weights is not None else "last"
+    return _json_safe(scored)  # type: ignore[no-any-return]
 
 
 def _how_to_continue(result: FitResult, run_dir: Path) -> str:
@@ -366,11 +473,17 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.resume",
     "trainer.progress_bar",
     "trainer.monitor",
+    "trainer.mode",
+    "trainer.early_stopping.",
+    "trainer.val_every_n_steps",
+    "trainer.limit_val_batches",
     "trainer.device",
     "trainer.dist_timeout_s",
     "trainer.detect_anomaly",
     "dataset.num_workers",
     "dataset.pin_memory",
+    "dataset.test_path",
+    "lr_find.",
     "logger.",
     "explain",
     "landscape.",
@@ -623,7 +736,7 @@ def _summary(
         "one_time_s": {"first_step": round(result.first_step_s, 6)},
         "grad_norm": result.grad_norm,
     }
-    for key in ("val_loss", "val_accuracy", "train_accuracy"):
+    for key in ("val_loss", "val_accuracy", "train_accuracy", "train_loss_epoch"):
         if getattr(result, key) is not None:
             summary[key] = getattr(result, key)
     if isinstance(model, VectorModel):
@@ -676,12 +789,26 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  grad norm   {number('grad_norm', '.3g')}",
     ]
     for key, label in (
+        ("train_loss_epoch", "epoch loss"),
         ("val_loss", "val loss"),
         ("train_accuracy", "train acc"),
         ("val_accuracy", "val acc"),
+        ("test_loss", "test loss"),
+        ("test_accuracy", "test acc"),
     ):
         if key in summary:
             lines.append(f"  {label:<11} {number(key, '.6g')}")
+    if "best_checkpoint" in summary:
+        best = summary["best_checkpoint"]
+        lines.append(
+            f"  best        {best['metric']} {best['value']:.6g} at step {best['step']} "
+            f"({Path(CHECKPOINT_DIR) / BEST})"
+        )
+    if "lr_find" in summary:
+        suggested = summary["lr_find"]["suggested_lr"]
+        shown = "none" if suggested is None else f"{suggested:.3g}"
+        applied = " (applied)" if summary["lr_find"].get("applied") else ""
+        lines.append(f"  lr_find     suggested lr {shown}{applied} ({LR_FIND_FIGURE})")
     if "params" in summary:
         values = summary["params"]
         shown = ", ".join("non-finite" if v is None else f"{v:.6g}" for v in values[:10])

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from gradtrain.config import (
     Config,
+    LRFindConfig,
     TrainerConfig,
     section_options,
     validate_config,
@@ -42,9 +43,12 @@ MANDATORY = "???"
 
 
 def schema_options(group: str) -> dict[str, type[BaseModel]]:
-    """What configs/<group>/ must hold: the schema's options by name (the trainer has one)."""
+    """What configs/<group>/ must hold: the schema's options by name (the trainer and lr_find
+    have one)."""
     if group == "trainer":
         return {"default": TrainerConfig}
+    if group == "lr_find":
+        return {"default": LRFindConfig}
     return dict(section_options(group))
 
 
@@ -53,7 +57,10 @@ def yaml_options(group: str) -> list[str]:
 
 
 def as_yaml(value: Any) -> Any:
-    """A schema default as YAML spells it (YAML has lists, not tuples)."""
+    """A schema default as YAML spells it (YAML has lists, not tuples; a nested section such as
+    trainer.early_stopping is a mapping)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -91,7 +98,7 @@ def variants(group: str) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("group", [*UNION_GROUPS, "trainer"])
+@pytest.mark.parametrize("group", [*UNION_GROUPS, "trainer", "lr_find"])
 def test_every_schema_option_has_a_yaml_file_and_every_yaml_file_is_an_option(
     group: str,
 ) -> None:
@@ -112,7 +119,11 @@ def test_a_variant_sets_only_keys_of_its_option(group: str, variant: str) -> Non
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(group, option) for group in [*UNION_GROUPS, "trainer"] for option in schema_options(group)],
+    [
+        (group, option)
+        for group in [*UNION_GROUPS, "trainer", "lr_find"]
+        for option in schema_options(group)
+    ],
 )
 def test_option_yaml_lists_every_key_at_the_schema_default(group: str, option: str) -> None:
     values = load(CONFIGS / group / f"{option}.yaml")

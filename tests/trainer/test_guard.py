@@ -138,6 +138,9 @@ class SavedSteps:
         assert all(torch.isfinite(t).all() for t in payload["model"].values())
         self.steps.append(step)
 
+    def save_best(self, payload: dict[str, Any], step: int) -> None:
+        assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
 
 def sqrt_trainer(checkpointer: SavedSteps | None = None, **settings: Any) -> Trainer:
     model = VectorModel([0.0, 1.0])

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gradtrain.files import write_atomic
-from gradtrain.sweeps.monitor import choose_monitor, monitored_value
+from gradtrain.sweeps.monitor import choose_monitor, monitor_mode, monitored_value
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_MD = "sweep_summary.md"
@@ -54,6 +54,7 @@ class JobRow:
     steps: int | None = None
     wall_s: float | None = None
     reason: str = ""  # why it stopped: the stop reason, or the error
+    mode: str = "min"  # the monitored metric is better lower (min) or higher (max)
 
 
 class SweepSummary(Callback):
@@ -79,8 +80,10 @@ class SweepSummary(Callback):
         write_atomic(sweep_dir / SUMMARY_CSV, lambda file: file.write(csv_text(rows).encode()))
         write_atomic(sweep_dir / SUMMARY_MD, lambda file: file.write(table.encode()))
         monitors = " / ".join(sorted({row.monitor for row in rows if row.monitor}))
+        modes = {row.mode for row in rows if row.monitor}
+        best = "highest" if modes == {"max"} else "lowest" if modes <= {"min"} else "best"
         print(
-            f"\nSweep summary: {len(rows)} jobs, lowest {monitors or 'monitored metric'} "
+            f"\nSweep summary: {len(rows)} jobs, {best} {monitors or 'monitored metric'} "
             f"first ({sweep_dir / SUMMARY_CSV}, {SUMMARY_MD})\n\n{table}",
             flush=True,
         )
@@ -141,7 +144,9 @@ def collect_rows(sweep_dir: Path) -> list[JobRow]:
 def _rank(row: JobRow) -> tuple[bool, float, float, str]:
     value = row.monitored_value
     number = math.inf if row.number is None else row.number
-    return (value is None, 0.0 if value is None else value, number, row.job)
+    # Best first: the lowest value of a metric minimized, the highest of one maximized.
+    sign = -1.0 if row.mode == "max" else 1.0
+    return (value is None, 0.0 if value is None else sign * value, number, row.job)
 
 
 def job_row(job_dir: Path, sweep_dir: Path) -> JobRow:
@@ -187,6 +192,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> JobRow:
         steps=summary.get("steps"),
         wall_s=_number(summary.get("wall_s")),
         reason=reason,
+        mode=monitor_mode(summary),
     )
 
 
