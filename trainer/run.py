@@ -336,7 +336,7 @@ def _find_lr(
         if matplotlib_available():
             png = lr_find.figure_png(result)
             write_atomic(figure_dir / LR_FIND_FIGURE, lambda file: file.write(png))
-            sink.log_image("lr_find", png, step=0)
+            sink.log_image("watch/lr_find", png, step=0)
         else:
             log.warning("lr_find.png skipped: matplotlib is not installed")
     if cfg.lr_find.apply:

@@ -46,7 +46,7 @@ def test_training_after_the_range_test_is_bit_identical_to_training_without_it(
 
     events = EventAccumulator(str(found.run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    assert "lr_find" in events.Tags()["images"]
+    assert "watch/lr_find" in events.Tags()["images"]
 
 
 def test_apply_trains_with_the_suggested_lr(quick_run: Callable[..., Any]) -> None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gradtrain")
 
 LANDSCAPE_FILE = "landscape.png"
-LANDSCAPE_TAG = "figures/landscape"
+LANDSCAPE_TAG = "watch/landscape"
 ALPHA_RANGE = (-0.5, 1.5)
 
 
