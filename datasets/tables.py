@@ -380,10 +380,12 @@ def refuse_non_finite(
     columns: Sequence[str],
     place: str,
     cell: Callable[[int, str], Any],
+    first_row: int = 0,
 ) -> None:
     """Refuse the first NaN or infinity in `values`, (rows,) or (rows, len(columns)), naming
-    its row (1-based) and column; `cell(row, column)` is the value as stored. A float64 value
-    beyond float32's range is infinite here, and named as such."""
+    its row (1-based, counted from `first_row`, the file's row of `values[0]`) and column;
+    `cell(row, column)` is the value as stored. A float64 value beyond float32's range is
+    infinite here, and named as such."""
     from gradtrain.datasets.csv_table import FLOAT32_MAX
 
     bad = ~torch.isfinite(values)
@@ -398,4 +400,5 @@ def refuse_non_finite(
         if math.isfinite(number)
         else "is not a finite number; fill in or remove the row"
     )
-    raise DataError(f"{path}, {place} {row + 1}, column '{name}': {number!r} {reason}")
+    where = f"{place} {first_row + row + 1}"
+    raise DataError(f"{path}, {where}, column '{name}': {number!r} {reason}")

@@ -234,8 +234,10 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
             cfg.n_samples, cfg.n_features, cfg.n_classes, cfg.shape, cfg.spread, seed=seed
         )
         class_names = [str(i) for i in range(cfg.n_classes)]
+    elif cfg.streaming:
+        return _streaming_data(cfg, seed)
     else:
-        table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
+        table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter, cfg.format)
         dataset = table.dataset
         if cfg.task == "classification":
             class_names = table.class_names
@@ -275,6 +277,41 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         n_features=dataset.n_features,
         n_classes=len(class_names) if class_names is not None else None,
         class_names=class_names,
+    )
+
+
+def _streaming_data(cfg: CsvDatasetConfig, seed: int) -> Data:
+    """dataset.streaming=true: loaders that read the table in chunks (datasets/streaming.py)."""
+    from gradtrain.datasets.streaming import build_streaming_data
+
+    assert cfg.batch_size is not None  # (config.py refuses streaming without a batch size)
+    stream = build_streaming_data(
+        cfg.path,
+        cfg.target,
+        cfg.features,
+        cfg.task,
+        cfg.delimiter,
+        cfg.format,
+        standardize=cfg.standardize,
+        val_fraction=cfg.val_fraction,
+        batch_size=cfg.batch_size,
+        shuffle=cfg.shuffle,
+        shuffle_buffer=cfg.shuffle_buffer,
+        drop_last=cfg.drop_last,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+        seed=seed,
+        num_replicas=world_size(),
+        rank=rank(),
+    )
+    if stream.class_names is not None:
+        log.info("Classes of '%s': %s", cfg.target, ", ".join(stream.class_names))
+    return Data(
+        train_loader=stream.train_loader,  # type: ignore[arg-type]  # (iterated like one)
+        val_loader=stream.val_loader,  # type: ignore[arg-type]
+        n_features=stream.n_features,
+        n_classes=len(stream.class_names) if stream.class_names is not None else None,
+        class_names=stream.class_names,
     )
 
 

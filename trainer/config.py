@@ -187,6 +187,10 @@ class ClassificationDatasetConfig(LoaderSettings):
         return self
 
 
+def _named_delimiter(value: Any) -> Any:
+    return "\t" if value in ("tab", "\\t") else value
+
+
 class CsvDatasetConfig(LoaderSettings):
     name: Literal["csv"]
     # Mandatory (??? in configs/dataset/csv.yaml); the examples are what a missing one's message
@@ -196,7 +200,15 @@ class CsvDatasetConfig(LoaderSettings):
     features: list[str] | None = None  # null: every column but the target
     task: Literal["regression", "classification"] = "regression"
     standardize: bool = True
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    # One character; `tab` (or `\t`, which Hydra passes on as two characters) is a tab.
+    delimiter: Annotated[str, BeforeValidator(_named_delimiter)] = Field(
+        default=",", min_length=1, max_length=1
+    )
+    # auto: by the suffix (.parquet/.pq: Parquet, .arrow/.feather/.ipc: Arrow IPC, else CSV).
+    format: Literal["auto", "csv", "parquet", "arrow"] = "auto"
+    # Read the file in chunks while training instead of into memory (datasets/streaming.py).
+    streaming: bool = False
+    shuffle_buffer: PositiveInt = 10_000  # streaming: rows a batch is drawn from at random
 
 
 DatasetConfig = Annotated[
@@ -519,6 +531,23 @@ def _lbfgs_does_not_accumulate(optimizer: OptimizerConfig, trainer: TrainerConfi
     return []
 
 
+def _streaming_takes_minibatches(optimizer: OptimizerConfig, dataset: DatasetConfig) -> list[str]:
+    if not isinstance(dataset, CsvDatasetConfig) or not dataset.streaming:
+        return []
+    if optimizer.name == "lbfgs":
+        return [
+            "optimizer=lbfgs is full-batch, but dataset.streaming=true never holds the whole "
+            "table: set dataset.streaming=false (if it fits in memory) or choose another "
+            "optimizer (sgd, adam, ...)"
+        ]
+    if dataset.batch_size is None:
+        return [
+            "dataset.batch_size=null takes the whole table as one batch, which "
+            "dataset.streaming=true never holds: set a batch size (e.g. dataset.batch_size=1024)"
+        ]
+    return []
+
+
 def _monitor_is_reported(trainer: TrainerConfig, dataset: DatasetConfig) -> list[str]:
     # Said now, not when the summary is written after training. (A share too small to hold a
     # row is known once the data is: build.py checks that.)
@@ -565,6 +594,7 @@ _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _rosenbrock_has_two_parameters,
     _lbfgs_gets_one_batch,
     _lbfgs_does_not_accumulate,
+    _streaming_takes_minibatches,
     _monitor_is_reported,
     _fits_in_memory,
 )

@@ -185,9 +185,8 @@ def test_a_header_holding_another_delimiter_suggests_it(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         load_csv(path, target="y")
     # Quoted as Hydra needs it on a shell's command line.
-    assert "columns are: a;y (one column: is the delimiter ';'? add 'dataset.delimiter=\";\"' to" in (
-        str(caught.value)
-    )
+    expected = "columns are: a;y (one column: is the delimiter ';'? add 'dataset.delimiter=\";\"'"
+    assert expected in str(caught.value)
 
 
 def test_train_py_reports_a_latin1_file_in_one_paragraph(
