@@ -1,9 +1,11 @@
-"""The user's own data: a CSV file with a header row, read into an in-memory dataset.
+"""The user's own data: a table with named columns (a CSV file with a header row, or Parquet or
+Arrow), read into an in-memory dataset.
 
-Every refusal is a DataError (a ConfigError for `dataset.features` itself) that names the file
-and, where there is one, the line (as in an editor: the header is line 1), the column and the
-value as written. The checks on values take whole columns or tables (`_check_finite`,
-`_first_marked_cell`), so a columnar reader can reuse them and keep the messages.
+`load_csv` parses a table column by column (`tables.py`, pyarrow) and checks whole columns.
+Only when a check fails, or pyarrow cannot parse the file, does the slow reader here read the
+CSV again cell by cell, to name what is wrong: every refusal is a DataError (a ConfigError for
+`dataset.features` itself) that names the file and, where there is one, the line (as in an
+editor: the header is line 1), the column and the value as written.
 """
 
 from __future__ import annotations

@@ -183,17 +183,18 @@ def check_text_is_clean(path: Path) -> None:
 
 # ------------------------------------------------------------------------- Parquet and Arrow
 def read_binary_table(path: Path, kind: Literal["parquet", "arrow"]) -> pa.Table:
-    """The whole table of a Parquet or Arrow IPC file (memory-mapped where it can be)."""
+    """The whole table of a Parquet or Arrow IPC file. Read, not memory-mapped: the columns are
+    copied into a tensor anyway, and mapped pages would count as memory too."""
     import pyarrow as pa
 
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.read_table(path, memory_map=True)
+            return pq.read_table(path, memory_map=False)
         import pyarrow.feather as feather
 
-        return feather.read_table(path, memory_map=True)
+        return feather.read_table(path, memory_map=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: cannot read the {kind} file: {exc}") from None
 
