@@ -223,12 +223,12 @@ def _refuse_text_target(path: Path, target: str, cells: list[str], rows: list[Ro
     """A regression target that is mostly text is a classification target: say so, rather
     than "'dog' is not a number" (a stray word in a numeric column is named as a cell)."""
     words = [i for i, cell in enumerate(cells) if cell.strip() and not _is_number(cell.strip())]
-    if not words or 2 * len(words) < len(cells):
+    if 2 * len(words) <= len(cells):  # (a minority of words: cells to fix, named one by one)
         return
     first = words[0]
     raise DataError(
         f"{path}, line {rows[first][0]}, column '{target}': {_show(cells[first].strip())} is "
-        f"text, as are {len(words)} of the {len(cells)} values of the target column, so the "
+        f"text ({len(words)} of the {len(cells)} values of the target column are), so the "
         "task is classification: set dataset.task=classification (with its loss, "
         "loss=cross_entropy; experiment=logistic_regression or mlp_classification sets both)"
     )
@@ -238,7 +238,7 @@ def _text_feature_hint(name: str, cells: list[str], features: list[str]) -> str:
     """For a feature cell that is not a number: if the column is mostly text, it is a text
     column, which cannot be a feature; say how to leave it out."""
     words = sum(1 for cell in cells if cell.strip() and not _is_number(cell.strip()))
-    if 2 * words < len(cells):
+    if 2 * words <= len(cells):
         return "; fix or remove the row"
     kept = ",".join(feature for feature in features if feature != name)
     leave_out = f"dataset.features=[{kept}]" if kept else "another column as a feature"
