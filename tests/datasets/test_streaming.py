@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,35 @@ def test_train_py_refuses_a_csv_named_parquet_with_exit_2(
     assert result.returncode == 2
     assert "its suffix .parquet says Parquet, but the file is not one" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow  # a real torchrun job of two processes and a one-process run
+def test_two_streamed_processes_of_batch_b_end_like_one_process_of_batch_2b(
+    tmp_path: Path,
+) -> None:
+    from test_distributed import final_weights, one_process, run_to_end, torchrun
+
+    path = numbered_table(tmp_path / "t.parquet", 768)
+    table = pq.read_table(path)  # a learnable target instead of the row index
+    target = pa.array((np.sin(np.arange(768)) * 2 - np.cos(np.arange(768))).astype(np.float32))
+    pq.write_table(table.set_column(2, "y", target), path, row_group_size=300)
+    job = [
+        "experiment=csv_regression",
+        f"dataset.path={path}",
+        "dataset.target=y",
+        "dataset.streaming=true",
+        "dataset.shuffle=false",  # file order: rank p's batch k holds every other row of it
+        "dataset.val_fraction=0",
+        "trainer.max_epochs=2",
+        "logger=none",
+    ]
+    two, one = tmp_path / "two", tmp_path / "one"
+    result = run_to_end(torchrun(two, *job, "dataset.batch_size=32"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run_to_end(one_process(one, *job, "dataset.batch_size=64"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    single, ddp = final_weights(one), final_weights(two)
+    error = max((single[k] - ddp[k]).abs().max().item() for k in single)
+    assert error < 1e-5
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["steps"] == 2 * 768 // 64  # 12 batches of 32 rows per process and epoch
