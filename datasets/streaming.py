@@ -150,21 +150,21 @@ class TableSource:
         )
         stripped = {raw: name for name, raw in self.raw_names.items()}
         keep = set(wanted) if wanted is not None else None
-        reader = pa_csv.open_csv(
-            self.path,
-            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
-            parse_options=pa_csv.ParseOptions(delimiter=self.delimiter),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=types,
-                include_columns=list(types),
-                null_values=[],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
         first = 0
         index = 0
         try:
+            reader = pa_csv.open_csv(
+                self.path,
+                read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+                parse_options=pa_csv.ParseOptions(delimiter=self.delimiter),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types=types,
+                    include_columns=list(types),
+                    null_values=[],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
             for batch in reader:
                 if batch.num_rows == 0:
                     continue
@@ -175,21 +175,23 @@ class TableSource:
                 first += batch.num_rows
                 index += 1
         except pa.ArrowInvalid as exc:
+            # (pyarrow's "Row #" counts the lines of the file, the header included.)
             raise DataError(
-                f"{self.path}, after data row {first}: {_arrow_message(exc, list(types))}; "
-                "with dataset.streaming=false the line and column are named exactly"
+                f"{self.path}: {_arrow_message(exc, list(types), stripped)}; with "
+                "dataset.streaming=false the cell is named by its line, column and value"
             ) from None
 
 
-def _arrow_message(exc: Exception, columns: list[str]) -> str:
-    """pyarrow's message, with "CSV column #i" given its name."""
+def _arrow_message(exc: Exception, columns: list[str], names: dict[str, str]) -> str:
+    """pyarrow's message, with "CSV column #i" given its name and "Row #n" called a line."""
     import re
 
-    return re.sub(
-        r"CSV column #(\d+)",
-        lambda m: f"column '{columns[int(m.group(1))]}'" if int(m.group(1)) < len(columns) else "",
-        str(exc),
-    )
+    def column(match: re.Match[str]) -> str:
+        number = int(match.group(1))
+        return f"column '{names[columns[number]]}'" if number < len(columns) else match.group()
+
+    text = re.sub(r"CSV column #(\d+)", column, str(exc))
+    return re.sub(r"Row #(\d+)", r"line \1", text)
 
 
 # ------------------------------------------------------------------------------ the first pass

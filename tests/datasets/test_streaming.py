@@ -21,7 +21,7 @@ from gradtrain.checkpoint import LAST, CheckpointWriter, load_checkpoint
 from gradtrain.config import validate_config
 from gradtrain.datasets import streaming
 from gradtrain.datasets.streaming import ChunkStream, StreamLoader, TableSource, scan
-from gradtrain.errors import ConfigError
+from gradtrain.errors import ConfigError, DataError
 from gradtrain.loop import Trainer
 from gradtrain.run import seed_everything
 
@@ -285,3 +285,31 @@ def test_two_streamed_processes_of_batch_b_end_like_one_process_of_batch_2b(
     assert error < 1e-5
     summary = json.loads((two / "summary.json").read_text())
     assert summary["steps"] == 2 * 768 // 64  # 12 batches of 32 rows per process and epoch
+
+
+def test_a_bad_cell_in_a_streamed_csv_is_named_before_training(tmp_path: Path) -> None:
+    lines = ["a,y"] + [f"{i},{i}" for i in range(2000)]
+    lines[1500] = "abc,3"  # line 1501, in a later block than the first
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as caught:
+        streaming.build_streaming_data(
+            str(path),
+            "y",
+            None,
+            "regression",
+            ",",
+            "auto",
+            True,
+            0.0,
+            16,
+            True,
+            10,
+            False,
+            0,
+            False,
+            0,
+        )
+    assert "column 'a': line 1501: CSV conversion error to float: invalid value 'abc'" in str(
+        caught.value
+    )
