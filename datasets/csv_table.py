@@ -230,7 +230,7 @@ def _refuse_text_target(path: Path, target: str, cells: list[str], rows: list[Ro
         f"{path}, line {rows[first][0]}, column '{target}': {_show(cells[first].strip())} is "
         f"text ({len(words)} of the {len(cells)} values of the target column are), so the "
         "task is classification: set dataset.task=classification (with its loss, "
-        "loss=cross_entropy; experiment=logistic_regression or mlp_classification sets both)"
+        "loss=cross_entropy)"
     )
 
 

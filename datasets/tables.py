@@ -245,7 +245,7 @@ def text_target_problem(path: Path, target: str, what: str) -> str:
     return (
         f"dataset.task: the target column '{target}' of {path} holds text ({what}), so the "
         "task is classification: set dataset.task=classification (with its loss, "
-        "loss=cross_entropy; experiment=logistic_regression or mlp_classification sets both)"
+        "loss=cross_entropy)"
     )
 
 
