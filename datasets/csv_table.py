@@ -58,14 +58,18 @@ class CsvData:
     class_names: list[str] = field(default_factory=list)
 
     def describe_classes(self) -> str:
-        """The classes for a log line: all of them when few, else the first few, "...", the last
-        and the count (a file with a thousand labels once put all of them on one line)."""
-        shown = list(enumerate(self.class_names))
-        if len(shown) > LISTED_CLASSES:
-            shown = [*shown[: LISTED_CLASSES // 2], (-1, ""), shown[-1]]
-        items = ", ".join("..." if i < 0 else f"{i}: {_show(name)}" for i, name in shown)
-        count = len(self.class_names)
-        return "{" + items + "}" + (f" ({count} classes)" if count > LISTED_CLASSES else "")
+        return describe_classes(self.class_names)
+
+
+def describe_classes(class_names: list[str]) -> str:
+    """The classes for a log line: all of them when few, else the first few, "...", the last
+    and the count (a file with a thousand labels once put all of them on one line)."""
+    shown = list(enumerate(class_names))
+    if len(shown) > LISTED_CLASSES:
+        shown = [*shown[: LISTED_CLASSES // 2], (-1, ""), shown[-1]]
+    items = ", ".join("..." if i < 0 else f"{i}: {_show(name)}" for i, name in shown)
+    count = len(class_names)
+    return "{" + items + "}" + (f" ({count} classes)" if count > LISTED_CLASSES else "")
 
 
 def load_csv(

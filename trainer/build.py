@@ -282,6 +282,7 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
 
 def _streaming_data(cfg: CsvDatasetConfig, seed: int) -> Data:
     """dataset.streaming=true: loaders that read the table in chunks (datasets/streaming.py)."""
+    from gradtrain.datasets.csv_table import describe_classes
     from gradtrain.datasets.streaming import build_streaming_data
 
     assert cfg.batch_size is not None  # (config.py refuses streaming without a batch size)
@@ -305,7 +306,7 @@ def _streaming_data(cfg: CsvDatasetConfig, seed: int) -> Data:
         rank=rank(),
     )
     if stream.class_names is not None:
-        log.info("Classes of '%s': %s", cfg.target, ", ".join(stream.class_names))
+        log.info("Classes of '%s': %s", cfg.target, describe_classes(stream.class_names))
     return Data(
         train_loader=stream.train_loader,  # type: ignore[arg-type]  # (iterated like one)
         val_loader=stream.val_loader,  # type: ignore[arg-type]
