@@ -1,9 +1,11 @@
-"""The user's own data: a CSV file with a header row, read into an in-memory dataset.
+"""The user's own data: a table with named columns (a CSV file with a header row, or Parquet or
+Arrow), read into an in-memory dataset.
 
-Every refusal is a DataError (a ConfigError for `dataset.features` itself) that names the file
-and, where there is one, the line (as in an editor: the header is line 1), the column and the
-value as written. The checks on values take whole columns or tables (`_check_finite`,
-`_first_marked_cell`), so a columnar reader can reuse them and keep the messages.
+`load_csv` parses a table column by column (`tables.py`, pyarrow) and checks whole columns.
+Only when a check fails, or pyarrow cannot parse the file, does the slow reader here read the
+CSV again cell by cell, to name what is wrong: every refusal is a DataError (a ConfigError for
+`dataset.features` itself) that names the file and, where there is one, the line (as in an
+editor: the header is line 1), the column and the value as written.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from gradtrain.datasets.tensor import InMemoryDataset
 from gradtrain.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from gradtrain.datasets.tables import Format
 
 log = logging.getLogger("gradtrain")
 
@@ -53,14 +58,18 @@ class CsvData:
     class_names: list[str] = field(default_factory=list)
 
     def describe_classes(self) -> str:
-        """The classes for a log line: all of them when few, else the first few, "...", the last
-        and the count (a file with a thousand labels once put all of them on one line)."""
-        shown = list(enumerate(self.class_names))
-        if len(shown) > LISTED_CLASSES:
-            shown = [*shown[: LISTED_CLASSES // 2], (-1, ""), shown[-1]]
-        items = ", ".join("..." if i < 0 else f"{i}: {_show(name)}" for i, name in shown)
-        count = len(self.class_names)
-        return "{" + items + "}" + (f" ({count} classes)" if count > LISTED_CLASSES else "")
+        return describe_classes(self.class_names)
+
+
+def describe_classes(class_names: list[str]) -> str:
+    """The classes for a log line: all of them when few, else the first few, "...", the last
+    and the count (a file with a thousand labels once put all of them on one line)."""
+    shown = list(enumerate(class_names))
+    if len(shown) > LISTED_CLASSES:
+        shown = [*shown[: LISTED_CLASSES // 2], (-1, ""), shown[-1]]
+    items = ", ".join("..." if i < 0 else f"{i}: {_show(name)}" for i, name in shown)
+    count = len(class_names)
+    return "{" + items + "}" + (f" ({count} classes)" if count > LISTED_CLASSES else "")
 
 
 def load_csv(
@@ -69,13 +78,98 @@ def load_csv(
     features: list[str] | None = None,
     task: Literal["regression", "classification"] = "regression",
     delimiter: str = ",",
+    format: Format = "auto",
 ) -> CsvData:
-    """Read `path`, a UTF-8 CSV file (a byte-order mark is allowed) with a header row that names
-    every column once; `features=None` takes every column but the target. Blank lines are
-    skipped. Every value used must be a finite number within float32's range, except
-    classification labels, which are text (but not "nan" or "inf").
+    """Read `path`, a table with named columns: a UTF-8 CSV file (a byte-order mark is allowed)
+    with a header row that names every column once, or a Parquet or Arrow IPC (Feather) file,
+    told apart by the suffix (.parquet, .pq, .arrow, .feather, .ipc) unless `format` names one.
+    `features=None` takes every column but the target. Blank lines are skipped. Every value
+    used must be a finite number within float32's range, except classification labels, which
+    are text (but not "nan" or "inf").
+
+    The table is parsed column by column (pyarrow); only when a check fails is a CSV file read
+    again, cell by cell, to name the line, column and value in the message.
     """
+    from gradtrain.datasets import tables
+
     path = Path(path)
+    kind = tables.file_format(path, format)
+    if kind != "csv":
+        return tables.load_binary(path, kind, target, features, task, format)
+    tables.check_readable(path)
+    try:
+        return _load_fast(path, target, features, task, delimiter)
+    except tables.SlowLook:
+        return _load_slowly(path, target, features, task, delimiter)
+
+
+def _load_fast(
+    path: Path, target: str, features: list[str] | None, task: str, delimiter: str
+) -> CsvData:
+    """Columns parsed by pyarrow and checked whole; `tables.SlowLook` when a check fails (or
+    pyarrow cannot parse the file), for `_load_slowly` to find and name the cell."""
+    from gradtrain.datasets import tables
+
+    line, raw_header = tables.csv_header(path, delimiter)
+    header = [name.strip() for name in raw_header]
+    feature_names = check_columns(path, line, header, target, features, delimiter)
+    if len(feature_names) + 1 < len(header):
+        tables.check_text_is_clean(path)  # (the columns pyarrow skips are not checked by it)
+    raw_names = dict(zip(header, raw_header, strict=True))
+    table = tables.read_csv_columns(path, raw_names, feature_names, target, task, delimiter)
+    stripped = {raw: name for name, raw in raw_names.items()}
+    table = table.rename_columns([stripped[name] for name in table.column_names])
+    if table.num_rows == 0:
+        raise tables.SlowLook
+    inputs = tables.features_tensor(table, feature_names)
+    if not torch.isfinite(inputs).all():
+        raise tables.SlowLook
+    if task == "regression":
+        targets = tables.features_tensor(table, [target])[:, 0]
+        if not torch.isfinite(targets).all():
+            raise tables.SlowLook
+        return CsvData(InMemoryDataset(inputs, targets), feature_names)
+    class_names, targets = tables.class_indices(table.column(target))
+    if any(not name or _is_non_finite_number(name) or "\x00" in name for name in class_names):
+        raise tables.SlowLook
+    _check_class_count(path, target, class_names, table.num_rows)
+    return CsvData(InMemoryDataset(inputs, targets), feature_names, class_names)
+
+
+def check_columns(
+    path: Path,
+    header_line: int | None,
+    header: list[str],
+    target: str,
+    features: list[str] | None,
+    delimiter: str | None,
+) -> list[str]:
+    """The header's checks (every column named once, the target and features present, the
+    features neither the target nor repeated); returns the feature columns. `header_line`
+    and `delimiter` are None for a file without lines (Parquet, Arrow)."""
+    if header_line is not None:
+        _check_header(path, header_line, header)
+    else:
+        _check_unique_names(path, header)
+    _check_features(path, header, target, features)
+    for name in [target, *(features or [])]:
+        if name not in header:
+            role = "target" if name == target else "feature"
+            hint = _delimiter_hint(header, delimiter) if delimiter is not None else ""
+            raise DataError(
+                f"{path}: no column '{name}' ({role}); columns are: {', '.join(header)}{hint}"
+            )
+    feature_names = features if features is not None else [n for n in header if n != target]
+    if not feature_names:
+        raise DataError(f"{path}: no feature columns besides the target '{target}'")
+    return feature_names
+
+
+def _load_slowly(
+    path: Path, target: str, features: list[str] | None, task: str, delimiter: str
+) -> CsvData:
+    """The file read cell by cell into Python values: slow, but it knows the line, column and
+    text of every cell, so whatever made the fast reader give up is named exactly."""
     text, undecodable = _read_text(path)
     records = _parse(path, text, delimiter)
     if not records:
@@ -84,31 +178,28 @@ def load_csv(
         _refuse_marked_cell(path, records)
     (header_line, header), rows = records[0], records[1:]
     header = [name.strip() for name in header]
-    _check_header(path, header_line, header)
-    _check_features(path, header, target, features)
-
-    for name in [target, *(features or [])]:
-        if name not in header:
-            role = "target" if name == target else "feature"
-            raise DataError(
-                f"{path}: no column '{name}' ({role}); columns are: {', '.join(header)}"
-                + _delimiter_hint(header, delimiter)
-            )
-    feature_names = features if features is not None else [n for n in header if n != target]
-    if not feature_names:
-        raise DataError(f"{path}: no feature columns besides the target '{target}'")
+    feature_names = check_columns(path, header_line, header, target, features, delimiter)
     if not rows:
         raise DataError(f"{path}: the file has a header but no data rows")
 
     column = {name: index for index, name in enumerate(header)}
+    for line, row in rows:  # every row has every column before any value is read
+        if len(row) != len(header):
+            raise DataError(f"{path}, {_ragged(line, row, len(header))}")
+    if task == "regression":
+        _refuse_text_target(path, target, [row[column[target]] for _, row in rows], rows)
     feature_rows: list[list[float]] = []
     labels: list[str] = []
     for line, row in rows:
-        if len(row) != len(header):
-            raise DataError(f"{path}, {_ragged(line, row, len(header))}")
-        feature_rows.append(
-            [_number(path, line, name, row[column[name]]) for name in feature_names]
-        )
+        values = []
+        for name in feature_names:
+            try:
+                values.append(_number(path, line, name, row[column[name]]))
+            except DataError as error:
+                cells = [r[column[name]] for _, r in rows]
+                hint = _text_feature_hint(name, cells, feature_names)
+                raise DataError(f"{error}{hint}") from None
+        feature_rows.append(values)
         label = row[column[target]].strip()
         if not label:
             raise DataError(f"{path}, line {line}, column '{target}': empty value")
@@ -130,6 +221,35 @@ def load_csv(
     index = {name: i for i, name in enumerate(class_names)}
     targets = torch.tensor([index[label] for label in labels], dtype=torch.int64)
     return CsvData(InMemoryDataset(inputs, targets), feature_names, class_names)
+
+
+def _refuse_text_target(path: Path, target: str, cells: list[str], rows: list[Row]) -> None:
+    """A regression target that is mostly text is a classification target: say so, rather
+    than "'dog' is not a number" (a stray word in a numeric column is named as a cell)."""
+    words = [i for i, cell in enumerate(cells) if cell.strip() and not _is_number(cell.strip())]
+    if 2 * len(words) <= len(cells):  # (a minority of words: cells to fix, named one by one)
+        return
+    first = words[0]
+    raise DataError(
+        f"{path}, line {rows[first][0]}, column '{target}': {_show(cells[first].strip())} is "
+        f"text ({len(words)} of the {len(cells)} values of the target column are), so the "
+        "task is classification: set dataset.task=classification (with its loss, "
+        "loss=cross_entropy)"
+    )
+
+
+def _text_feature_hint(name: str, cells: list[str], features: list[str]) -> str:
+    """For a feature cell that is not a number: if the column is mostly text, it is a text
+    column, which cannot be a feature; say how to leave it out."""
+    words = sum(1 for cell in cells if cell.strip() and not _is_number(cell.strip()))
+    if 2 * words <= len(cells):
+        return "; fix or remove the row"
+    kept = ",".join(feature for feature in features if feature != name)
+    leave_out = f"dataset.features=[{kept}]" if kept else "another column as a feature"
+    return (
+        f"; column '{name}' holds text ({words} of {len(cells)} values), which cannot be a "
+        f"feature: leave it out with {leave_out}"
+    )
 
 
 # ------------------------------------------------------------------------------ the file's text
@@ -254,6 +374,15 @@ def _first_marked_cell(records: Sequence[Row]) -> tuple[int, int, str] | None:
 
 
 # -------------------------------------------------------------------------- header and features
+def _check_unique_names(path: Path, header: list[str]) -> None:
+    """A Parquet or Arrow file's columns: every name once."""
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError(f"{path}: column '{name}' appears twice; column names must be unique")
+        seen.add(name)
+
+
 def _check_header(path: Path, line: int, header: list[str]) -> None:
     """Every column has a name, and no name twice: a repeated name made all but its last column
     unreachable (`a,a,y` trained on the second `a` twice)."""
@@ -348,6 +477,10 @@ def _check_labels(
             "finite number, so it marks a missing label rather than a class; fill in or remove "
             "the row"
         )
+    _check_class_count(path, target, class_names, len(labels))
+
+
+def _check_class_count(path: Path, target: str, class_names: list[str], rows: int) -> None:
     if len(class_names) < 2:
         raise DataError(
             f"{path}: target column '{target}' has a single class '{class_names[0]}'; "
@@ -355,7 +488,7 @@ def _check_labels(
         )
     # About one row per class is what a measurement or an ID looks like, not a class; it is
     # warned about, not refused (a many-class set can be meant, and no setting could allow it).
-    if len(class_names) > LISTED_CLASSES and 2 * len(class_names) > len(labels):
+    if len(class_names) > LISTED_CLASSES and 2 * len(class_names) > rows:
         hint = (
             "they are all numbers: is it dataset.task=regression?"
             if all(_is_number(name) for name in class_names)
@@ -367,7 +500,7 @@ def _check_labels(
             path,
             target,
             len(class_names),
-            len(labels),
+            rows,
             hint,
         )
 
@@ -401,12 +534,17 @@ def _column(header: list[str], index: int) -> str:
 
 
 def _delimiter_hint(header: list[str], delimiter: str) -> str:
-    """A header read as one column that holds another common delimiter: the setting is wrong."""
-    if len(header) == 1:
-        for other in ";\t|,":
-            if other != delimiter and other in header[0]:
-                return f" (one column: is the delimiter {other!r}? dataset.delimiter={other!r})"
-    return ""
+    """A header read as one column that holds another common delimiter: the setting is wrong.
+    The suggestion is quoted as Hydra needs it on a shell's command line (`;` and `|` would be
+    the shell's, and Hydra reads an unquoted `,` as a list)."""
+    if len(header) != 1:
+        return ""
+    counts = {other: header[0].count(other) for other in ";\t|," if other != delimiter}
+    likely = max(counts, key=lambda other: counts[other])
+    if not counts[likely]:
+        return ""
+    setting = "dataset.delimiter=tab" if likely == "\t" else f"'dataset.delimiter=\"{likely}\"'"
+    return f" (one column: is the delimiter {likely!r}? add {setting} to the command)"
 
 
 def _ragged(line: int, row: list[str], expected: int) -> str:

@@ -306,8 +306,10 @@ def build_data(cfg: DatasetConfig, seed: int) -> Data:
         class_names = [str(i) for i in range(cfg.n_classes)]
     elif not isinstance(cfg, CsvDatasetConfig):  # an installed plugin's (gradtrain.plugins)
         dataset, class_names = _plugin_dataset(cfg, seed)
+    elif cfg.streaming:
+        return _streaming_data(cfg, seed)
     else:
-        table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter)
+        table = load_csv(cfg.path, cfg.target, cfg.features, cfg.task, cfg.delimiter, cfg.format)
         dataset = table.dataset
         feature_names = list(table.feature_names)
         if cfg.task == "classification":
@@ -390,7 +392,9 @@ def _read_test_csv(
 
     assert cfg.test_path is not None
     try:
-        table = load_csv(cfg.test_path, cfg.target, feature_names, cfg.task, cfg.delimiter)
+        table = load_csv(
+            cfg.test_path, cfg.target, feature_names, cfg.task, cfg.delimiter, cfg.format
+        )
     except DataError as exc:
         # (A test file without rows, or without the training file's columns, is refused like
         # a test_fraction that holds out none: a key to fix, before anything is written.)
@@ -411,6 +415,46 @@ def _read_test_csv(
     # load_csv numbers the test file's own labels; these become the training file's numbers.
     renumber = torch.tensor([index[name] for name in table.class_names], dtype=torch.int64)
     return InMemoryDataset(dataset.inputs, renumber[dataset.targets])
+
+
+def _streaming_data(cfg: CsvDatasetConfig, seed: int) -> Data:
+    """dataset.streaming=true: loaders that read the table in chunks (datasets/streaming.py)."""
+    from gradtrain.datasets.csv_table import describe_classes
+    from gradtrain.datasets.streaming import build_streaming_data
+
+    assert cfg.batch_size is not None  # (config.py refuses streaming without a batch size)
+    stream = build_streaming_data(
+        cfg.path,
+        cfg.target,
+        cfg.features,
+        cfg.task,
+        cfg.delimiter,
+        cfg.format,
+        standardize=cfg.standardize,
+        val_fraction=cfg.val_fraction,
+        batch_size=cfg.batch_size,
+        shuffle=cfg.shuffle,
+        shuffle_buffer=cfg.shuffle_buffer,
+        drop_last=cfg.drop_last,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory,
+        seed=seed,
+        num_replicas=world_size(),
+        rank=rank(),
+    )
+    if stream.class_names is not None:
+        log.info("Classes of '%s': %s", cfg.target, describe_classes(stream.class_names))
+    return Data(
+        train_loader=stream.train_loader,  # type: ignore[arg-type]  # (iterated like one)
+        val_loader=stream.val_loader,  # type: ignore[arg-type]
+        n_features=stream.n_features,
+        n_classes=len(stream.class_names) if stream.class_names is not None else None,
+        class_names=stream.class_names,
+        # (what predictions need: the columns and statistics the model was trained with)
+        feature_names=stream.feature_names,
+        feature_mean=stream.feature_mean,
+        feature_std=stream.feature_std,
+    )
 
 
 def build_model(cfg: Config, loss: nn.Module, data: Data) -> nn.Module:

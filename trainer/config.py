@@ -251,6 +251,10 @@ class ClassificationDatasetConfig(LoaderSettings):
         return self
 
 
+def _named_delimiter(value: Any) -> Any:
+    return "\t" if value in ("tab", "\\t") else value
+
+
 class CsvDatasetConfig(LoaderSettings):
     name: Literal["csv"]
     # Mandatory (??? in configs/dataset/csv.yaml); the examples are what a missing one's message
@@ -260,8 +264,16 @@ class CsvDatasetConfig(LoaderSettings):
     features: list[str] | None = None  # null: every column but the target
     task: Literal["regression", "classification"] = "regression"
     standardize: bool = True
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-    # A second CSV with the same columns, scored at the end (standardised with the training
+    # One character; `tab` (or `\t`, which Hydra passes on as two characters) is a tab.
+    delimiter: Annotated[str, BeforeValidator(_named_delimiter)] = Field(
+        default=",", min_length=1, max_length=1
+    )
+    # auto: by the suffix (.parquet/.pq: Parquet, .arrow/.feather/.ipc: Arrow IPC, else CSV).
+    format: Literal["auto", "csv", "parquet", "arrow"] = "auto"
+    # Read the file in chunks while training instead of into memory (datasets/streaming.py).
+    streaming: bool = False
+    shuffle_buffer: PositiveInt = 10_000  # streaming: rows a batch is drawn from at random
+    # A second table with the same columns, scored at the end (standardised with the training
     # rows' statistics); null: none, or `test_fraction` of this file.
     test_path: str | None = Field(default=None, min_length=1)
 
@@ -271,6 +283,12 @@ class CsvDatasetConfig(LoaderSettings):
             raise ValueError(
                 f"dataset.test_path={self.test_path} and dataset.test_fraction="
                 f"{self.test_fraction:g} both ask for a test split; give one of them"
+            )
+        if self.streaming and (self.test_path is not None or self.test_fraction > 0):
+            raise ValueError(
+                "dataset.streaming=true has no test split yet (its validation rows are picked "
+                "by a hash of the row index): set dataset.test_fraction=0 and "
+                "dataset.test_path=null, or dataset.streaming=false"
             )
         return self
 
@@ -825,6 +843,23 @@ def default_monitor(has_validation: bool, has_data: bool) -> str:
     return "train_loss_epoch" if has_data else "final_loss"
 
 
+def _streaming_takes_minibatches(optimizer: OptimizerConfig, dataset: DatasetConfig) -> list[str]:
+    if not isinstance(dataset, CsvDatasetConfig) or not dataset.streaming:
+        return []
+    if optimizer.name == "lbfgs":
+        return [
+            "optimizer=lbfgs is full-batch, but dataset.streaming=true never holds the whole "
+            "table: set dataset.streaming=false (if it fits in memory) or choose another "
+            "optimizer (sgd, adam, ...)"
+        ]
+    if dataset.batch_size is None:
+        return [
+            "dataset.batch_size=null takes the whole table as one batch, which "
+            "dataset.streaming=true never holds: set a batch size (e.g. dataset.batch_size=1024)"
+        ]
+    return []
+
+
 def _monitor_is_reported(trainer: TrainerConfig, dataset: DatasetConfig) -> list[str]:
     # Said now, not when the summary is written after training. (A share too small to hold a
     # row is known once the data is: build.py checks that.)
@@ -917,6 +952,7 @@ _CHECKS: tuple[Callable[..., list[str]], ...] = (
     _vector_fits_loss,
     _landscape_fits,
     _lbfgs_does_not_accumulate,
+    _streaming_takes_minibatches,
     _monitor_is_reported,
     _early_stopping_has_a_metric,
     _lr_find_fits,
