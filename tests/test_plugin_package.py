@@ -91,8 +91,9 @@ def test_installed_plugin_keys_are_validated_and_listed(plugin_site: Path, tmp_p
     assert "Traceback" not in refused.stderr
     assert not (tmp_path / "refused" / "summary.json").exists()
     helped = _run("train.py", plugin_site, tmp_path, "--help")
-    (models,) = [line for line in helped.stdout.splitlines() if line.startswith("model: ")]
-    assert "polynomial" in models.split(": ")[1].split(", ") and "linear" in models
+    (models,) = [line for line in helped.stdout.splitlines() if line.split()[:1] == ["model"]]
+    listed = models.split(None, 1)[1].split(":", 1)[0].split(", ")
+    assert "polynomial" in listed and "linear" in listed
     # Without the plugin on the path, the name is unknown again.
     bare = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "model=polynomial"],

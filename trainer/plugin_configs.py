@@ -11,6 +11,7 @@ from __future__ import annotations
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import OmegaConf
 
 from gradtrain import plugins
 
@@ -26,5 +27,14 @@ class PluginConfigs(SearchPathPlugin):
 
 
 def add_plugin_configs() -> None:
-    """Register `PluginConfigs` with Hydra (again: harmless)."""
+    """Register `PluginConfigs` with Hydra (again: harmless), and the resolver through which
+    `--help` (configs/hydra/help/gradtrain.yaml) lists the installed plugins' options."""
     Plugins.instance().register(PluginConfigs)
+    OmegaConf.register_new_resolver("gradtrain_plugins", plugin_options, replace=True)
+
+
+def plugin_options(section: str) -> str:
+    """`, polynomial` after a group's built-in options in `--help`: the names installed plugins
+    add to `section` (from their entry points: nothing imported), or nothing."""
+    names = plugins.names(section) if section in plugins.SECTIONS else []
+    return "".join(f", {name}" for name in names)

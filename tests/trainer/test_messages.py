@@ -13,6 +13,7 @@ from conftest import QuickRun
 from hydra import compose, initialize_config_module
 
 from gradtrain.errors import ConfigError
+from gradtrain.plugin_configs import add_plugin_configs
 from gradtrain.suggest import closest_key, unknown_override_message
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -127,6 +128,7 @@ def test_a_typo_added_with_plus_is_refused_naming_the_closest_key(
 def help_text() -> str:
     """What `python train.py --help` prints, before Hydra fills in its $-variables (the
     template names none: every line is gradtrain's)."""
+    add_plugin_configs()  # (its resolver lists installed plugins' options: none here)
     with initialize_config_module("gradtrain.configs", version_base="1.3"):
         cfg = compose(config_name="config", return_hydra_config=True)
     return str(cfg.hydra.help.template)
