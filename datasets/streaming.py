@@ -144,6 +144,8 @@ class TableSource:
         import pyarrow as pa
         import pyarrow.csv as pa_csv
 
+        from gradtrain.datasets.tables import strict_convert_options
+
         types = {self.raw_names[name]: pa.float32() for name in self.features}
         types[self.raw_names[self.target]] = (
             pa.float32() if self.task == "regression" else pa.string()
@@ -157,13 +159,7 @@ class TableSource:
                 self.path,
                 read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
                 parse_options=pa_csv.ParseOptions(delimiter=self.delimiter),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types=types,
-                    include_columns=list(types),
-                    null_values=[],
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
+                convert_options=strict_convert_options(types),
             )
             for batch in reader:
                 if batch.num_rows == 0:

@@ -29,6 +29,7 @@ from gradtrain.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.csv as pa_csv
 
     from gradtrain.datasets.csv_table import CsvData
 
@@ -146,14 +147,7 @@ def read_csv_columns(
         table = pa_csv.read_csv(
             path,
             parse_options=pa_csv.ParseOptions(delimiter=delimiter),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=types,
-                include_columns=list(types),
-                # An empty cell, "NA" and the like are errors to name, not missing values.
-                null_values=[],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+            convert_options=strict_convert_options(types),
         )
     except (pa.ArrowInvalid, pa.ArrowKeyError, UnicodeDecodeError):
         raise SlowLook from None
@@ -403,3 +397,17 @@ def refuse_non_finite(
     )
     where = f"{place} {first_row + row + 1}"
     raise DataError(f"{path}, {where}, column '{name}': {number!r} {reason}")
+
+
+def strict_convert_options(types: dict[str, Any]) -> pa_csv.ConvertOptions:
+    """pyarrow's CSV conversion to exactly these columns and types, where an empty cell, "NA"
+    and the like are errors to name, not missing values."""
+    import pyarrow.csv as pa_csv
+
+    return pa_csv.ConvertOptions(
+        column_types=types,
+        include_columns=list(types),
+        null_values=[],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )

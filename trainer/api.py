@@ -78,10 +78,10 @@ from gradtrain.run import (
     _close_sink,
     _explain,
     _load_into,
-    _reported,
     _summary,
     _write_summary,
     config_differences,
+    fit_and_report,
     flatten_hparams,
     format_summary,
     run,
@@ -569,18 +569,7 @@ def _fit_user_code(
             gradient_check = (
                 _explain(trainer, sink, folder) if settings.explain and checkpoint is None else None
             )
-            try:
-                with stop:
-                    result = trainer.fit()
-            except BaseException as exc:
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                reported = _reported(exc, trainer, folder)
-                error = str(reported) if reported is not exc else f"{type(exc).__name__}: {exc}"
-                failed = {"status": status, "error": error, "steps": trainer.state.step}
-                _write_summary(folder, failed, failing=True)
-                if reported is not exc:
-                    raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
-                raise
+            result = fit_and_report(trainer, stop, folder, write_summary=True)
             summary = _summary(settings.logger, result, module, folder)
             summary["monitor"] = choose_monitor(cfg.monitor, summary)
             if gradient_check is not None:

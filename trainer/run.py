@@ -234,19 +234,7 @@ def _run(
         # The explanation describes a run's start, so a resumed run does not repeat it.
         explained = cfg.explain and checkpoint is None and main
         gradient_check = _explain(trainer, sink, kept, cfg) if explained else None
-        try:
-            with stop:
-                result = trainer.fit()
-        except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            reported = _reported(exc, trainer, run_dir)
-            error = str(reported) if reported is not exc else f"{type(exc).__name__}: {exc}"
-            failed = {"status": status, "error": error, "steps": trainer.state.step}
-            if main:
-                _write_summary(run_dir, failed, failing=True)
-            if reported is not exc:
-                raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
-            raise
+        result = fit_and_report(trainer, stop, run_dir, write_summary=main)
         summary = _summary(cfg.logger, result, trainer.module, run_dir)
         summary["monitor"] = choose_monitor(cfg.trainer.monitor, summary)
         summary["monitor_mode"] = cfg.trainer.mode or natural_mode(summary["monitor"])
@@ -555,6 +543,30 @@ def _show(value: Any) -> str:
     if value is None or isinstance(value, bool | list | tuple):
         return json.dumps(value)
     return str(value)
+
+
+def fit_and_report(
+    trainer: Trainer,
+    stop: contextlib.AbstractContextManager[Any],
+    run_dir: Path,
+    write_summary: bool,
+) -> FitResult:
+    """`trainer.fit()` inside `stop` (the signal handlers); a run that fails or is interrupted
+    leaves a summary.json saying so (when `write_summary`), and the error raised is the one
+    its message is for (a stop request, a divergence) rather than whatever surfaced."""
+    try:
+        with stop:
+            return trainer.fit()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        reported = _reported(exc, trainer, run_dir)
+        error = str(reported) if reported is not exc else f"{type(exc).__name__}: {exc}"
+        failed = {"status": status, "error": error, "steps": trainer.state.step}
+        if write_summary:
+            _write_summary(run_dir, failed, failing=True)
+        if reported is not exc:
+            raise reported from (None if isinstance(exc, KeyboardInterrupt) else exc)
+        raise
 
 
 def _explain(
