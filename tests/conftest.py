@@ -11,11 +11,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    from gradtrain.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,3 +202,35 @@ class StopAfter:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+class StopAtStep:
+    """A stop request that fires once the trainer reaches `step`, as a signal would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.trainer: Trainer | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.trainer is not None and self.trainer.state.step >= self.step
+
+
+def make_trainer(
+    raw: dict[str, Any], directory: Path, stop: StopAtStep | None = None, keep: int = 2
+) -> Trainer:
+    """A Trainer of the composed `raw` config, checkpointing into `directory`, recording its
+    scalars, and stopped by `stop` when one is given."""
+    from gradtrain.build import build_trainer
+    from gradtrain.checkpoint import CheckpointWriter
+    from gradtrain.config import validate_config
+    from gradtrain.run import seed_everything
+
+    cfg = validate_config(raw)
+    seed_everything(cfg.seed)
+    trainer = build_trainer(
+        cfg, RecordingSink(), checkpointer=CheckpointWriter(directory, keep=keep), stop_request=stop
+    )
+    if stop is not None:
+        stop.trainer = trainer
+    return trainer

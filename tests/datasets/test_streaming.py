@@ -13,17 +13,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import RecordingSink, TrainResult
+from conftest import StopAtStep, TrainResult, make_trainer
 from torch.utils.data import DataLoader
 
-from gradtrain.build import build_trainer
-from gradtrain.checkpoint import LAST, CheckpointWriter, load_checkpoint
+from gradtrain.checkpoint import LAST, load_checkpoint
 from gradtrain.config import validate_config
 from gradtrain.datasets import streaming
 from gradtrain.datasets.streaming import ChunkStream, StreamLoader, TableSource, scan
 from gradtrain.errors import ConfigError, DataError
-from gradtrain.loop import Trainer
-from gradtrain.run import seed_everything
 
 Compose = Callable[..., dict[str, Any]]
 
@@ -120,25 +117,6 @@ def test_an_epoch_serves_every_training_row_once_in_batches(tmp_path: Path, shuf
 
 
 # ----------------------------------------------------------------------------------- exact resume
-class StopAtStep:
-    def __init__(self, step: int) -> None:
-        self.step = step
-        self.trainer: Trainer | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.trainer is not None and self.trainer.state.step >= self.step
-
-
-def make_trainer(raw: dict[str, Any], directory: Path, stop: StopAtStep | None = None) -> Trainer:
-    cfg = validate_config(raw)
-    seed_everything(cfg.seed)
-    trainer = build_trainer(
-        cfg, RecordingSink(), checkpointer=CheckpointWriter(directory, keep=1), stop_request=stop
-    )
-    if stop is not None:
-        stop.trainer = trainer
-    return trainer
 
 
 @pytest.mark.parametrize(

@@ -9,46 +9,20 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import QuickRun, RecordingSink, StopAfter
+from conftest import QuickRun, StopAfter, StopAtStep, make_trainer
 
 import gradtrain.run as run_module
-from gradtrain.build import build_trainer
 from gradtrain.checkpoint import (
     LAST,
-    CheckpointWriter,
     load_checkpoint,
     save_checkpoint,
 )
-from gradtrain.config import validate_config
 from gradtrain.errors import CheckpointError, TrainingDiverged, TrainingInterrupted
 from gradtrain.loop import Trainer
-from gradtrain.run import run, seed_everything
+from gradtrain.run import run
 
 Compose = Callable[..., dict[str, Any]]
 Quick = Callable[..., QuickRun]
-
-
-class StopAtStep:
-    """A stop request that fires once the trainer reaches `step`, as a signal would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-        self.trainer: Trainer | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.trainer is not None and self.trainer.state.step >= self.step
-
-
-def make_trainer(raw: dict[str, Any], directory: Path, stop: StopAtStep | None = None) -> Trainer:
-    cfg = validate_config(raw)
-    seed_everything(cfg.seed)
-    trainer = build_trainer(
-        cfg, RecordingSink(), checkpointer=CheckpointWriter(directory, keep=2), stop_request=stop
-    )
-    if stop is not None:
-        stop.trainer = trainer
-    return trainer
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
