@@ -84,6 +84,7 @@ from gradtrain.run import (
     fit_and_report,
     flatten_hparams,
     format_summary,
+    how_to_continue,
     run,
     seed_everything,
 )
@@ -610,12 +611,7 @@ def _fit_user_code(
 def _how_to_continue_fit(result: FitResult, folder: Path) -> str:
     """The stop message's second half, for fit: what was saved, and the call that continues."""
     again = f"fit(..., run_dir={str(folder)!r}, resume='auto') with the same model and optimizer"
-    last = result.last_checkpoint_step
-    if last is not None and last == result.steps:
-        return f"checkpoint saved. Continue with {again}"
-    if last is not None:
-        return f"no checkpoint at this step; {again} continues from step {last}"
-    return "no checkpoint was saved (save_checkpoints=False), so nothing can be continued"
+    return how_to_continue(result, again, "save_checkpoints=False")
 
 
 def _as_module(model: nn.Module | Tensor) -> nn.Module:

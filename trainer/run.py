@@ -281,9 +281,11 @@ def _run(
         # Under torchrun a rank may stop because another rank got the signal: it exits as
         # if terminated, the way torchrun stops workers.
         signal_number = stop.signal_number or signal.SIGTERM
-        raise TrainingInterrupted(
-            f"{result.message}; {_how_to_continue(result, run_dir)}", signal_number
+        again = f"the same command plus trainer.resume=auto hydra.run.dir={run_dir}"
+        how = how_to_continue(
+            result, again, "trainer.save_checkpoints=false", f": {again} starts the run afresh"
         )
+        raise TrainingInterrupted(f"{result.message}; {how}", signal_number)
     return summary
 
 
@@ -363,18 +365,16 @@ def _score_test(
     return _json_safe(scored)  # type: ignore[no-any-return]
 
 
-def _how_to_continue(result: FitResult, run_dir: Path) -> str:
-    """The stop message's second half: what was saved, and the command that continues."""
-    again = f"the same command plus trainer.resume=auto hydra.run.dir={run_dir}"
+def how_to_continue(result: FitResult, again: str, unsaved: str, afresh: str = "") -> str:
+    """The stop message's second half: what was saved, and how to continue (`again`: the
+    command or call that does; `unsaved`: the setting that saved nothing, when nothing was;
+    `afresh`: what to say then)."""
     last = result.last_checkpoint_step
     if last is not None and last == result.steps:
         return f"checkpoint saved. Continue with {again}"
     if last is not None:
         return f"no checkpoint at this step; {again} continues from step {last}"
-    return (
-        "no checkpoint was saved (trainer.save_checkpoints=false), so nothing can be "
-        f"continued: {again} starts the run afresh"
-    )
+    return f"no checkpoint was saved ({unsaved}), so nothing can be continued{afresh}"
 
 
 def _reported(exc: BaseException, trainer: Trainer, run_dir: Path) -> BaseException:
