@@ -121,9 +121,11 @@ def assert_consistent(report: Report) -> None:
         assert baseline.loop.startswith("hand-written") and baseline.logs_every is None
         for row in rows:
             assert row.steps_per_s == pytest.approx(1e6 / row.us_per_step, rel=2e-3, abs=1)
-            assert row.ratio == pytest.approx(
-                row.us_per_step / baseline.us_per_step, rel=2e-3, abs=0.006
-            )
+            # The ratio (2 decimals) comes from the unrounded times, the µs shown have 1: it may
+            # differ from theirs by half its last digit plus what rounding the two times moves.
+            exact = row.us_per_step / baseline.us_per_step
+            moved = exact * (0.05 / row.us_per_step + 0.05 / baseline.us_per_step)
+            assert abs(row.ratio - exact) <= 0.005 + moved + 1e-9, (row, baseline)
             if row.target is not None:
                 assert row.verdict is not None
                 assert verdict_agrees(row.ratio, row.target, row.verdict), row
