@@ -75,6 +75,7 @@ from gradtrain.metrics.sinks import HParamValue, MetricSink, NullSink
 from gradtrain.models import VectorModel
 from gradtrain.signals import SignalStop
 from gradtrain.smoke import fast_dev_config
+from gradtrain.suggest import flattened
 from gradtrain.sweeps.monitor import choose_monitor, natural_mode
 
 log = logging.getLogger("gradtrain")
@@ -508,7 +509,7 @@ def config_differences(
     """(one line per key a resume may not change that differs: `optimizer.lr: 0.1 in the
     checkpoint, 0.001 now`; the keys only one side has, outside sections whose `name`
     differs, which a change of gradtrain's schema explains)."""
-    old, new = _flatten(saved), _flatten(now)
+    old, new = flattened(saved), flattened(now)
     renamed = {
         key.rsplit(".", 1)[0]
         for key in old.keys() & new.keys()
@@ -526,16 +527,6 @@ def config_differences(
         elif key.rsplit(".", 1)[0] not in renamed:
             unknown.append(key)
     return differences, unknown
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _show(value: Any) -> str:

@@ -42,6 +42,18 @@ def dotted_keys(node: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
             yield from dotted_keys(value, f"{prefix}{key}.")
 
 
+def flattened(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping's values by dotted key (`{"trainer.max_steps": 200, ...}`), sections
+    left out: how the command line and a YAML file name them."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            flat.update(flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def unknown_override_message(key: str, override: str, existing: Iterable[str]) -> str:
     """What to say when Hydra cannot override `key` (given as `override`) because no config has
     it: the closest real key, and the command-line override that sets it."""

@@ -134,6 +134,19 @@ def _write_csv(path: Path, rows: list[tuple[float, float, str]]) -> None:
         writer.writerows(rows)
 
 
+def with_test_file(train_csv: Path, test_csv: Path) -> tuple[str, ...]:
+    """A classification of the `kind` column of `train_csv`, scored on `test_csv`."""
+    return (
+        "dataset=csv",
+        f"dataset.path={train_csv}",
+        "dataset.target=kind",
+        "dataset.task=classification",
+        f"dataset.test_path={test_csv}",
+        "loss=cross_entropy",
+        "model=logistic",
+    )
+
+
 def _csv_rows(n: int, seed: int) -> list[tuple[float, float, str]]:
     generator = torch.Generator().manual_seed(seed)
     points = torch.randn(n, 2, generator=generator)
@@ -151,13 +164,7 @@ def test_a_test_csv_is_standardised_with_the_training_statistics(
     _write_csv(train_csv, _csv_rows(200, seed=1))
     _write_csv(test_csv, _csv_rows(80, seed=2))
     overrides = (
-        "dataset=csv",
-        f"dataset.path={train_csv}",
-        "dataset.target=kind",
-        "dataset.task=classification",
-        f"dataset.test_path={test_csv}",
-        "loss=cross_entropy",
-        "model=logistic",
+        *with_test_file(train_csv, test_csv),
         "optimizer=sgd",
         "trainer.save_checkpoints=false",  # no best.pt: the last weights are scored
     )
@@ -187,15 +194,7 @@ def test_a_test_csv_with_a_label_training_never_saw_is_refused(
     # (load_csv asks for two classes in any file it reads for classification)
     _write_csv(test_csv, [(1.0, 2.0, "medium"), (2.0, 3.0, "big")])
     with pytest.raises(ConfigError, match=r"dataset\.test_path=.*labels medium of 'kind'"):
-        quick_run(
-            "dataset=csv",
-            f"dataset.path={train_csv}",
-            "dataset.target=kind",
-            "dataset.task=classification",
-            f"dataset.test_path={test_csv}",
-            "loss=cross_entropy",
-            "model=logistic",
-        )
+        quick_run(*with_test_file(train_csv, test_csv))
 
 
 def test_a_test_fraction_that_holds_out_no_row_is_refused(quick_run: Callable[..., Any]) -> None:
@@ -212,13 +211,5 @@ def test_a_test_csv_without_rows_is_refused_naming_the_key(
     _write_csv(train_csv, _csv_rows(50, seed=1))
     _write_csv(test_csv, [])  # a header, no rows
     with pytest.raises(ConfigError, match=r"dataset\.test_path=.*test\.csv: .*no data rows"):
-        quick_run(
-            "dataset=csv",
-            f"dataset.path={train_csv}",
-            "dataset.target=kind",
-            "dataset.task=classification",
-            f"dataset.test_path={test_csv}",
-            "loss=cross_entropy",
-            "model=logistic",
-        )
+        quick_run(*with_test_file(train_csv, test_csv))
     assert not (tmp_path / "quick0").exists() or not any((tmp_path / "quick0").iterdir())

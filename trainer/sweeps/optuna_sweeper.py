@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradtrain.errors import ConfigError
 from gradtrain.files import write_atomic
+from gradtrain.suggest import flattened
 from gradtrain.sweeps import summary as sweep_summary
 from gradtrain.sweeps import trial_report
 
@@ -470,7 +471,9 @@ def parse_search_space(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    lines = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in _flat(params).items()]
+    # (`hydra.sweeper.params.optimizer.lr=...` on the command line nests the key: flattened,
+    # it is `optimizer.lr`, as a YAML file writes it.)
+    lines = [(f"hydra.sweeper.params.{k}", f"{k}={v}") for k, v in flattened(params).items()]
     lines += [(line.split("=", 1)[0], line) for line in arguments]
     parsed: dict[str, tuple[str, Override]] = {}
     problems = []
@@ -494,18 +497,6 @@ def parse_search_space(
         except (ValueError, TypeError) as exc:
             problems.append(f"{where}={(override.input_line or '').split('=', 1)[-1]}: {exc}")
     return space, problems
-
-
-def _flat(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"optimizer": {"lr": ...}}` (what `hydra.sweeper.params.optimizer.lr=...` on the command
-    line makes) as `{"optimizer.lr": ...}`, the key a YAML file writes."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _distribution(override: Override) -> BaseDistribution:
